@@ -1,0 +1,30 @@
+"""What a sender raises, and so what the pipeline decides.
+
+::
+
+    SendError                 base: the message was not handed over to the provider
+    ├── TransientSendError    try again later (4xx SMTP, timeouts, refused connections)
+    └── PermanentSendError    never try again (5xx SMTP, invalid headers, rejected address)
+
+Each adapter translates its library's exceptions into these at its edge, so nothing from
+``aiosmtplib``, ``aiohttp`` or ``httpx`` escapes ``adapters/``.
+"""
+
+from __future__ import annotations
+
+
+class SendError(Exception):
+    """The provider did not accept the message. ``reason`` is short and safe to log."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class TransientSendError(SendError):
+    """Raised when a later attempt may succeed; ``retry_after`` is the provider's hint, if any."""
+
+
+class PermanentSendError(SendError):
+    """Raised when the message can never be delivered as it is; it fails for good."""

@@ -1,0 +1,158 @@
+"""Email over SMTP with aiosmtplib: a small pool of reused connections, TLS and auth per settings.
+
+SMTP replies map onto our errors by their first digit (RFC 5321 §4.2.1): 4yz is transient,
+5yz permanent. A dropped or refused connection is transient. A header value holding CR or LF is
+refused before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from typing import Literal
+
+import aiosmtplib
+
+from adapters.base import OutboundEmail, SendResult
+from adapters.errors import PermanentSendError, SendError, TransientSendError
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    """Where and how to connect. ``tls``: ``none``, ``starttls`` or ``tls`` (implicit TLS)."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: Literal["none", "starttls", "tls"] = "none"
+    timeout: float = 30.0
+    pool_size: int = 4
+    local_hostname: str | None = None
+
+
+class HeaderInjection(ValueError):
+    """A header value held a line break."""
+
+
+def _check_header(name: str, value: str) -> str:
+    # str.splitlines() separators are what CPython's email policy refuses; check them all here
+    # so the message fails with our reason, not a library traceback.
+    if len(value.splitlines()) > 1 or "\r" in value or "\n" in value:
+        raise HeaderInjection(f"header {name} contains a line break")
+    return value
+
+
+def build_mime(message: OutboundEmail, *, domain: str) -> EmailMessage:
+    """The MIME message: multipart/alternative when both text and HTML are given."""
+    mime = EmailMessage(policy=SMTP_POLICY)
+    mime["From"] = _check_header("From", message.from_)
+    mime["To"] = _check_header("To", message.to)
+    mime["Subject"] = _check_header("Subject", message.subject)
+    mime["Date"] = email.utils.formatdate(localtime=False, usegmt=True)
+    mime["Message-ID"] = email.utils.make_msgid(domain=domain)
+    mime["X-Gateway-Message-Id"] = _check_header("X-Gateway-Message-Id", message.message_id)
+    for name, value in message.headers.items():
+        mime[_check_header("header name", name)] = _check_header(name, value)
+    if message.text is not None:
+        mime.set_content(message.text, subtype="plain", cte="quoted-printable")
+        if message.html is not None:
+            mime.add_alternative(message.html, subtype="html", cte="quoted-printable")
+    elif message.html is not None:
+        mime.set_content(message.html, subtype="html", cte="quoted-printable")
+    return mime
+
+
+def classify(exc: BaseException) -> SendError:
+    """Translate aiosmtplib's (and the socket's) exceptions into ours, in this one place."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        code = min(codes) if codes else 550
+        detail = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
+        return _by_code(code, f"recipient refused: {detail}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _by_code(exc.code, f"SMTP {exc.code} {exc.message}")
+    if isinstance(exc, (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError)):
+        return TransientSendError(f"SMTP connection problem: {type(exc).__name__}: {exc}")
+    return TransientSendError(f"unexpected SMTP error: {type(exc).__name__}: {exc}")
+
+
+def _by_code(code: int, reason: str) -> SendError:
+    if 400 <= code < 500:
+        return TransientSendError(reason[:500])
+    return PermanentSendError(reason[:500])
+
+
+class SmtpSender:
+    """Sends :class:`OutboundEmail` over a pool of up to ``pool_size`` SMTP connections."""
+
+    channel = "email"
+
+    def __init__(self, config: SmtpConfig) -> None:
+        self._config = config
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(config.pool_size)
+        self._domain = config.local_hostname or "gateway.local"
+
+    async def send(self, message: OutboundEmail) -> SendResult:
+        """Send one email; raise ``TransientSendError`` or ``PermanentSendError`` when refused."""
+        try:
+            mime = build_mime(message, domain=self._domain)
+        except HeaderInjection as exc:
+            raise PermanentSendError(f"refused: {exc}") from None
+        async with self._slots:
+            client = self._idle.pop() if self._idle else None
+            try:
+                if client is None or not client.is_connected:
+                    client = await self._connect()
+                await client.send_message(mime, sender=_envelope(message.from_), recipients=[message.to])
+            except BaseException as exc:
+                await self._discard(client, exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise classify(exc) from None
+            self._idle.append(client)
+        return SendResult(provider_message_id=str(mime["Message-ID"]))
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        config = self._config
+        client = aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.port,
+            timeout=config.timeout,
+            use_tls=config.tls == "tls",
+            start_tls=config.tls == "starttls",
+            validate_certs=True,
+            local_hostname=config.local_hostname,
+        )
+        await client.connect()
+        if config.username:
+            await client.login(config.username, config.password or "")
+        return client
+
+    async def _discard(self, client: aiosmtplib.SMTP | None, exc: BaseException) -> None:
+        # A refused recipient leaves the connection usable (aiosmtplib sends RSET); anything
+        # else may have left it mid-transaction, so it is closed rather than reused.
+        if client is None:
+            return
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and client.is_connected:
+            self._idle.append(client)
+            return
+        client.close()
+
+    async def close(self) -> None:
+        """Say QUIT on every idle connection."""
+        idle, self._idle = self._idle, []
+        for client in idle:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+
+
+def _envelope(address: str) -> str:
+    """The bare address for MAIL FROM, from a header value such as ``Shop <shop@example.com>``."""
+    return email.utils.parseaddr(address)[1] or address

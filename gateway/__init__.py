@@ -1,0 +1,1 @@
+"""The messaging gateway: send jobs in from RabbitMQ or HTTP, messages out, outcomes recorded."""

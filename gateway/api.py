@@ -1,0 +1,173 @@
+"""The HTTP API (aiohttp). Every ``/v1`` route needs ``Authorization: Bearer <GATEWAY_API_TOKEN>``.
+
+Errors are JSON everywhere, 404 and 405 included: ``{"error": {"code", "message", "details"}}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime, timedelta
+from typing import Any, Awaitable, Callable, Iterable
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.broker import Broker, routing_key_for
+from gateway.errors import InvalidJob
+from gateway.jobs import Kind, parse_job, utc_timestamp
+from gateway.pipeline import utcnow
+from gateway.settings import Settings
+from gateway.store import NewMessage, Store
+
+log = structlog.get_logger("gateway.api")
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+BROKER = web.AppKey("broker", Broker)  # type: ignore[type-abstract]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(web.HTTPException):
+    """An error answered as JSON. Raise it from any handler."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        self.status_code = status
+        super().__init__(
+            body=orjson.dumps({"error": {"code": code, "message": message, "details": details}}),
+            content_type="application/json",
+        )
+
+
+def json_response(data: Any, *, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, default=_default), status=status, content_type="application/json"
+    )
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return utc_timestamp(value)
+    raise TypeError(type(value).__name__)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every error, aiohttp's own 404/405/413 included, in the JSON error shape."""
+    try:
+        return await handler(request)
+    except ApiError:
+        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status, "http_error"
+        )
+        raise ApiError(exc.status, code, exc.reason) from None
+    except Exception:
+        log.exception("api.unhandled_error", path=request.path)
+        raise ApiError(500, "internal_error", "internal error; see the gateway's logs") from None
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse ``/v1`` requests without the right bearer token (constant-time comparison)."""
+    if request.path.startswith("/v1/"):
+        expected = request.app[SETTINGS].api_token.get_secret_value()
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+            raise ApiError(401, "unauthorized", "missing or invalid bearer token")
+    return await handler(request)
+
+
+async def post_message(request: web.Request) -> web.Response:
+    """Validate a send job, record it as accepted and publish it; 202 with its id."""
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    body = await request.read()
+    if len(body) > settings.max_job_bytes:
+        raise ApiError(413, "payload_too_large", f"a job may be at most {settings.max_job_bytes} bytes")
+    try:
+        job = parse_job(body, max_bytes=settings.max_job_bytes)
+    except InvalidJob as exc:
+        if exc.reason.startswith("invalid JSON"):
+            raise ApiError(400, "invalid_json", exc.reason) from None
+        raise ApiError(422, "invalid_job", exc.reason) from None
+    kind = (job.kind or Kind.promotional).value
+    now = utcnow()
+    inserted, existing = await store.accept(
+        NewMessage(
+            id=job.id,
+            channel=job.channel.value,
+            kind=kind,
+            job_json=body.decode(),
+            recipient=job.address,
+            campaign_id=job.campaign_id,
+            send_at=job.send_at,
+            expires_at=job.expires_at,
+        ),
+        requeue_at=now + timedelta(seconds=settings.requeue_after_seconds),
+        now=now,
+    )
+    if not inserted:
+        # Idempotent by id: the first accept stands and nothing is published again.
+        return json_response({"id": job.id, "status": existing, "duplicate": True}, status=200)
+    try:
+        await request.app[BROKER].publish_job(body, routing_key=routing_key_for(kind), message_id=job.id)
+    except Exception as exc:
+        # The job is durably recorded as queued: the scheduler publishes it when its claim lapses.
+        log.warning("api.publish_failed", message_id=job.id, error=str(exc))
+    return json_response({"id": job.id, "status": "accepted", "kind": kind}, status=202)
+
+
+async def get_message(request: web.Request) -> web.Response:
+    """The message's current status and the timeline of its events."""
+    message = await request.app[STORE].get_message(request.match_info["id"])
+    if message is None:
+        raise ApiError(404, "not_found", "no message with this id")
+    return json_response(message)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """The process is up."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """The database and the broker answer; 503 naming what does not."""
+    checks: dict[str, str] = {}
+    for name, ping in (("database", request.app[STORE].ping), ("broker", request.app[BROKER].ping)):
+        try:
+            await ping()
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unavailable: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return json_response({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
+
+
+def create_app(
+    *,
+    settings: Settings,
+    store: Store,
+    broker: Broker,
+    extra_routes: Iterable[web.AbstractRouteDef] = (),
+) -> web.Application:
+    """The aiohttp application, from ready resources (the caller owns their lifecycle)."""
+    app = web.Application(
+        middlewares=[errors_as_json, bearer_auth], client_max_size=settings.max_request_bytes
+    )
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[BROKER] = broker
+    app.add_routes(
+        [
+            web.post("/v1/messages", post_message),
+            web.get("/v1/messages/{id}", get_message),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            *extra_routes,
+        ]
+    )
+    return app

@@ -1,0 +1,149 @@
+"""Wiring and lifecycle: build every resource from the settings, run, shut down in order.
+
+``Gateway`` is what ``gateway serve`` and ``gateway dev`` run, and what the tests start in
+process. Resources are built here and passed down; nothing is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from adapters.base import Sender
+from adapters.smtp import SmtpConfig, SmtpSender
+from gateway.amqp import AmqpBroker
+from gateway.api import create_app
+from gateway.broker import Broker
+from gateway.intake import Intake
+from gateway.pipeline import Pipeline
+from gateway.render import Renderer
+from gateway.scheduler import Scheduler
+from gateway.settings import Settings
+from gateway.store import Store
+
+log = structlog.get_logger("gateway.app")
+
+
+def default_senders(settings: Settings) -> dict[str, Sender]:
+    """The production adapters configured by the settings (email over SMTP for now)."""
+    smtp = SmtpSender(
+        SmtpConfig(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            tls=settings.smtp_tls.value,
+            timeout=settings.smtp_timeout_seconds,
+            pool_size=settings.smtp_pool_size,
+        )
+    )
+    return {"email": smtp}
+
+
+@dataclass
+class Gateway:
+    """One gateway process: consumer and scheduler (``consume``) and the HTTP API (``http``)."""
+
+    settings: Settings
+    consume: bool = True
+    http: bool = True
+    broker: Broker | None = None  # default: RabbitMQ at settings.amqp_url
+    senders: Mapping[str, Sender] | None = None  # default: default_senders(settings)
+    extra_routes: Iterable[web.AbstractRouteDef] = ()
+    name: str = "gateway"
+    _pool: asyncpg.Pool | None = field(default=None, init=False)
+    _intake: Intake | None = field(default=None, init=False)
+    _runner: web.AppRunner | None = field(default=None, init=False)
+    _background: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    port: int | None = field(default=None, init=False)
+
+    async def start(self) -> None:
+        """Connect, then start the HTTP API and the consumer. Raises if a backend is unreachable."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        self._pool = await asyncpg.create_pool(
+            settings.database_url, min_size=1, max_size=settings.database_pool_size
+        )
+        store = Store(pool=self._pool)
+        if self.broker is None:
+            self.broker = await AmqpBroker.connect(
+                settings.amqp_url, prefetch=settings.prefetch, name=self.name
+            )
+        if self.senders is None:
+            self.senders = default_senders(settings)
+        if self.http:
+            app = create_app(
+                settings=settings, store=store, broker=self.broker, extra_routes=self.extra_routes
+            )
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, settings.http_host, settings.http_port)
+            await site.start()
+            self.port = self._runner.addresses[0][1]
+        if self.consume:
+            pipeline = Pipeline(
+                settings=settings,
+                store=store,
+                broker=self.broker,
+                senders=self.senders,
+                renderer=Renderer(),
+            )
+            self._intake = Intake(
+                broker=self.broker,
+                pipeline=pipeline,
+                batch_size=settings.batch_size,
+                batch_wait_seconds=settings.batch_wait_ms / 1000,
+            )
+            await self._intake.start()
+            scheduler = Scheduler(
+                store=store,
+                broker=self.broker,
+                interval=settings.scheduler_interval_seconds,
+                requeue_after=settings.requeue_after_seconds,
+            )
+            self._background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
+        log.info(
+            "gateway.started", consume=self.consume, http=self.http, port=self.port, name=self.name
+        )
+
+    async def stop(self) -> None:
+        """Stop consuming, finish in-flight work within the grace period, close everything."""
+        if self._intake is not None:
+            await self._intake.stop(grace_seconds=self.settings.shutdown_grace_seconds)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.broker is not None:
+            await self.broker.close()
+        for sender in (self.senders or {}).values():
+            await sender.close()
+        if self._pool is not None:
+            await self._pool.close()
+        log.info("gateway.stopped", name=self.name)
+
+    async def run_until_signalled(self) -> None:
+        """``start``, wait for SIGTERM or SIGINT, then ``stop``."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+            log.info("gateway.stopping", grace_seconds=self.settings.shutdown_grace_seconds)
+        finally:
+            await self.stop()

@@ -1,0 +1,90 @@
+"""The ``gateway`` command: ``serve``, ``migrate``, ``dev`` and ``schema``.
+
+Settings are read here, once, and handed to everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any, Coroutine, Sequence
+
+import orjson
+
+from gateway.settings import ConfigError, Settings
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, except on Windows
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the consumer and the HTTP API")
+    only = serve.add_mutually_exclusive_group()
+    only.add_argument("--consumer-only", action="store_true", help="no HTTP API")
+    only.add_argument("--http-only", action="store_true", help="no consumer, no scheduler")
+    serve.add_argument(
+        "--migrate", action="store_true", help="apply pending migrations before starting"
+    )
+    commands.add_parser("migrate", help="apply pending migrations (safe with replicas)")
+    dev = commands.add_parser(
+        "dev", help="everything in one process: embedded PostgreSQL, in-process queue, sandbox"
+    )
+    dev.add_argument("--port", type=int, default=None, help="HTTP port (default 8080)")
+    commands.add_parser("schema", help="print the send job JSON Schema")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        from gateway.jobs import job_json_schema
+
+        sys.stdout.write(orjson.dumps(job_json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    try:
+        if args.command == "dev":
+            from gateway.devmode import run_dev
+
+            return int(_run(run_dev(port=args.port)) or 0)
+        settings = Settings.load()
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    from gateway.logging import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    if args.command == "migrate":
+        return _run(_migrate(settings))
+    return int(_run(_serve(settings, args)) or 0)
+
+
+async def _migrate(settings: Settings) -> int:
+    from gateway.migrate import migrate
+
+    applied = await migrate(settings.database_url)
+    sys.stderr.write(f"migrations applied: {len(applied)}\n")
+    return 0
+
+
+async def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+    from gateway.migrate import migrate
+
+    if args.migrate:
+        await migrate(settings.database_url)
+    gateway = Gateway(settings, consume=not args.http_only, http=not args.consumer_only)
+    await gateway.run_until_signalled()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

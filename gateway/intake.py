@@ -1,0 +1,123 @@
+"""The consumer: gather deliveries into batches (B jobs or T ms), run them, shut down gracefully.
+
+Each job queue has its own buffer, so a transactional batch never waits for promotional jobs.
+Batches run concurrently; the broker's prefetch bounds how many jobs are in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from gateway.broker import Broker, Delivery
+from gateway.pipeline import BackendUnavailable, Pipeline
+
+log = structlog.get_logger("gateway.intake")
+
+
+class Intake:
+    """Consumes both job queues into the pipeline. ``start`` then, on shutdown, ``stop``."""
+
+    def __init__(
+        self,
+        *,
+        broker: Broker,
+        pipeline: Pipeline,
+        batch_size: int,
+        batch_wait_seconds: float,
+        max_pause_seconds: float = 30.0,
+    ) -> None:
+        self._broker = broker
+        self._pipeline = pipeline
+        self._batch_size = batch_size
+        self._batch_wait = batch_wait_seconds
+        self._buffers: dict[str, list[Delivery]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused_until = 0.0
+        self._pause = 0.0
+        self._max_pause = max_pause_seconds
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries received and not yet settled (buffered or in a running batch)."""
+        return sum(len(b) for b in self._buffers.values()) + sum(
+            getattr(t, "batch_len", 0) for t in self._tasks
+        )
+
+    async def start(self) -> None:
+        """Start consuming."""
+        await self._broker.consume(self._on_delivery)
+
+    async def _on_delivery(self, queue: str, delivery: Delivery) -> None:
+        buffer = self._buffers.setdefault(queue, [])
+        buffer.append(delivery)
+        if len(buffer) >= self._batch_size:
+            self._flush(queue)
+        elif len(buffer) == 1:
+            loop = asyncio.get_running_loop()
+            self._timers[queue] = loop.call_later(self._batch_wait, self._flush, queue)
+
+    def _flush(self, queue: str) -> None:
+        timer = self._timers.pop(queue, None)
+        if timer is not None:
+            timer.cancel()
+        batch = self._buffers.pop(queue, [])
+        if not batch:
+            return
+        task = asyncio.create_task(self._run(batch), name=f"batch:{queue}")
+        task.batch_len = len(batch)  # type: ignore[attr-defined]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[Delivery]) -> None:
+        delay = self._paused_until - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            await self._pipeline.process(batch)
+        except BackendUnavailable as exc:
+            # The batch is back in the queue. Wait before taking more, longer each time, so an
+            # outage is ridden out without a hot loop of redeliveries.
+            self._pause = min(self._max_pause, max(0.5, self._pause * 2))
+            self._paused_until = time.monotonic() + self._pause
+            log.warning("intake.paused", reason=str(exc), seconds=self._pause)
+            return
+        except Exception:
+            # A bug, or the broker went away mid-batch: unacked deliveries return to the queue
+            # when the channel closes; here we only make sure the consumer keeps running.
+            log.exception("intake.batch_failed", batch_size=len(batch))
+            await _requeue_quietly(batch)
+            return
+        self._pause = 0.0
+
+    async def stop(self, *, grace_seconds: float) -> None:
+        """Stop consuming, finish in-flight batches within ``grace_seconds``, cancel the rest.
+
+        Jobs of cancelled batches stay unacked, so the broker redelivers them.
+        """
+        await self._broker.stop_consuming()
+        for queue in list(self._buffers):
+            self._flush(queue)
+        pending = set(self._tasks)
+        if pending:
+            _, still_running = await asyncio.wait(pending, timeout=grace_seconds)
+            for task in still_running:
+                task.cancel()
+            if still_running:
+                await asyncio.wait(still_running)
+            log.info(
+                "intake.stopped",
+                finished_batches=len(pending) - len(still_running),
+                cancelled_batches=len(still_running),
+            )
+
+
+async def _requeue_quietly(batch: list[Delivery]) -> None:
+    for delivery in batch:
+        try:
+            await delivery.reject(requeue=True)
+        except Exception:  # already settled, or the channel is gone: the broker redelivers
+            pass

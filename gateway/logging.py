@@ -1,0 +1,104 @@
+"""structlog, configured once by the entry point: JSON off a terminal, masking of personal data.
+
+Every string value in every event passes :func:`mask_personal_data`, so an email address or a
+phone number that slips into a log call (an error message from a provider, say) is masked too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, MutableMapping
+
+import orjson
+import structlog
+
+from gateway.settings import LogFormat
+
+_EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+# A phone number: a leading + and 7-15 digits, or 10-15 digits standing alone. Separators
+# (space, dot, dash, parentheses) may sit between digits as people write them.
+_PHONE = re.compile(r"(?<![\w+])(\+\d(?:[ .\-()]*\d){6,14}|\d(?:[ .\-()]*\d){9,14})(?![\w])")
+# Keys whose values are ours (ids, timestamps): masking them would only hurt ops.
+_SAFE_KEYS = frozenset(
+    {"timestamp", "level", "logger", "event", "message_id", "job_id", "status", "channel", "kind",
+     "attempt", "duration_ms", "queue", "routing_key", "batch_size", "count"}
+)
+
+
+def mask_email(match: re.Match[str]) -> str:
+    return f"{match.group(1)}***@{match.group(2)}"
+
+
+def mask_phone(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    prefix = "+" if match.group(0).startswith("+") else ""
+    return f"{prefix}{'*' * (len(digits) - 2)}{digits[-2:]}"
+
+
+def mask_personal_data(text: str) -> str:
+    """Mask email addresses (``j***@example.com``) and phone numbers (``+*********67``)."""
+    if "@" in text:
+        text = _EMAIL.sub(mask_email, text)
+    return _PHONE.sub(mask_phone, text)
+
+
+def _mask_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_personal_data(value)
+    if isinstance(value, dict):
+        return {k: _mask_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mask_value(v) for v in value]
+    return value
+
+
+def mask_processor(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask personal data in every value but our own ids and timestamps."""
+    for key, value in event_dict.items():
+        if key not in _SAFE_KEYS:
+            event_dict[key] = _mask_value(value)
+    return event_dict
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure_logging(log_format: LogFormat | None = None, level: str = "info") -> None:
+    """Configure structlog (and the stdlib root logger it renders for) for this process."""
+    if log_format is None:
+        log_format = LogFormat.console if sys.stderr.isatty() else LogFormat.json
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        if log_format is LogFormat.json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        mask_processor,
+    ]
+    numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries log through the stdlib: render them the same way, masked as well.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=shared,
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric_level, logging.WARNING))

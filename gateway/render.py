@@ -1,0 +1,75 @@
+"""Jinja2 rendering in a sandbox: HTML parts autoescaped, every other part plain text.
+
+Undefined variables are errors (``StrictUndefined``), so a typo fails the one message with a
+reason naming the variable instead of sending "Hello ,". Compiled templates are cached by
+source, and text without any Jinja syntax skips Jinja altogether.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections import OrderedDict
+from typing import Any, Mapping
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from gateway.errors import MessageFailed
+
+_SYNTAX = ("{{", "{%", "{#")
+
+
+class Renderer:
+    """Renders template strings; one instance per process, built by the entry point."""
+
+    def __init__(self, *, cache_size: int = 2048) -> None:
+        common: dict[str, Any] = {"undefined": jinja2.StrictUndefined, "keep_trailing_newline": True}
+        self._html = ImmutableSandboxedEnvironment(autoescape=True, **common)
+        self._text = ImmutableSandboxedEnvironment(autoescape=False, **common)
+        self._cache: OrderedDict[tuple[bool, str], jinja2.Template] = OrderedDict()
+        self._cache_size = cache_size
+
+    def render(self, source: str, data: Mapping[str, Any], *, part: str, is_html: bool) -> str:
+        """Render ``source`` with ``data``; raise :class:`MessageFailed` naming ``part`` on error."""
+        if not any(marker in source for marker in _SYNTAX):
+            return source
+        try:
+            return self._compiled(source, is_html).render(data)
+        except jinja2.TemplateSyntaxError as exc:
+            raise MessageFailed(f"template syntax error in {part} line {exc.lineno}: {exc.message}")
+        except jinja2.UndefinedError as exc:
+            raise MessageFailed(f"template error in {part}: {exc.message}")
+        except jinja2.exceptions.SecurityError as exc:
+            raise MessageFailed(f"template refused in {part}: {exc}")
+        except Exception as exc:  # any error raised by template code fails this message only
+            raise MessageFailed(f"template error in {part}: {type(exc).__name__}: {exc}")
+
+    def _compiled(self, source: str, is_html: bool) -> jinja2.Template:
+        key = (is_html, source)
+        template = self._cache.get(key)
+        if template is None:
+            env = self._html if is_html else self._text
+            template = env.from_string(source)
+            self._cache[key] = template
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return template
+
+
+_BLOCK_END = re.compile(r"</(p|div|h[1-6]|li|tr|table|ul|ol)\s*>|<br\s*/?>", re.IGNORECASE)
+_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+_LINK = re.compile(r"""<a\s[^>]*href=["']([^"']+)["'][^>]*>(.*?)</a\s*>""", re.IGNORECASE | re.DOTALL)
+
+
+def html_to_text(markup: str) -> str:
+    """A readable plain-text alternative of an HTML body (links kept as ``text (url)``)."""
+    text = _DROP.sub("", markup)
+    text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})", text)
+    text = _BLOCK_END.sub("\n", text)
+    text = html.unescape(_TAG.sub("", text))
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"

@@ -1,0 +1,125 @@
+"""Settings: one class, read once from ``GATEWAY_*`` environment variables in the entry point.
+
+Nothing here is a module-level singleton: ``Settings.load()`` is called by the CLI and the
+resulting object is passed down to whatever needs it. Provider endpoints and timeouts are
+fields, so tests point them at local fake servers.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SmtpTls(str, Enum):
+    """How the SMTP connection is secured."""
+
+    none = "none"
+    starttls = "starttls"
+    tls = "tls"
+
+
+class LogFormat(str, Enum):
+    """Log renderer: ``json`` for machines, ``console`` for people."""
+
+    json = "json"
+    console = "console"
+
+
+class ConfigError(Exception):
+    """Raised when the environment holds a missing or malformed setting; the message is one line."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. Each field maps to ``GATEWAY_<FIELD NAME IN UPPER CASE>``."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    # Connections
+    database_url: str = Field(description="PostgreSQL DSN, e.g. postgresql://user@host:5432/db")
+    amqp_url: str = Field(description="RabbitMQ URL, e.g. amqp://guest:guest@host:5672/")
+    database_pool_size: int = Field(10, ge=1, le=200)
+
+    # HTTP API
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(8080, ge=0, le=65535)
+    api_token: SecretStr = Field(min_length=16, description="Bearer token for every /v1 route")
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)
+
+    # Consumer
+    prefetch: int = Field(200, ge=1, le=65535, description="Unacked jobs per queue consumer")
+    batch_size: int = Field(100, ge=1, le=5000)
+    batch_wait_ms: int = Field(5, ge=0, le=10_000)
+    max_job_bytes: int = Field(256 * 1024, ge=1024, description="Larger jobs go to gateway.dead")
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+
+    # Retries and the durable scheduler
+    max_attempts: int = Field(8, ge=1, le=100)
+    retry_base_seconds: float = Field(10.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+    scheduler_interval_seconds: float = Field(1.0, gt=0)
+    processing_lease_seconds: float = Field(120.0, gt=0)
+    requeue_after_seconds: float = Field(900.0, gt=0)
+
+    # Email over SMTP
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: SmtpTls = SmtpTls.none
+    smtp_timeout_seconds: float = Field(30.0, gt=0)
+    smtp_pool_size: int = Field(4, ge=1, le=100)
+    email_from: str = "Gateway <noreply@localhost>"
+
+    # Logs
+    log_format: LogFormat | None = Field(None, description="Default: console on a TTY, else json")
+    log_level: str = "info"
+
+    # Dev mode
+    dev_data_dir: Path = Path(".gateway-dev")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql://")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://", "memory://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+    @classmethod
+    def load(cls, **overrides: Any) -> "Settings":
+        """Read the environment (plus ``overrides``); raise :class:`ConfigError` naming the setting."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Turn pydantic's report into one line naming each bad ``GATEWAY_*`` variable."""
+    parts = []
+    for error in exc.errors():
+        name = "GATEWAY_" + "_".join(str(p) for p in error["loc"]).upper()
+        if error["type"] == "missing":
+            parts.append(f"{name} is required but not set")
+        else:
+            shown = _shown_input(name, error.get("input"))
+            parts.append(f"{name} is invalid ({error['msg']}{shown})")
+    return "configuration error: " + "; ".join(parts)
+
+
+def _shown_input(name: str, value: object) -> str:
+    # Never echo a secret back into a log or terminal.
+    if any(word in name for word in ("TOKEN", "PASSWORD", "SECRET")) or isinstance(value, Mapping):
+        return ""
+    return f", got {value!r}"
