@@ -95,7 +95,9 @@ class AmqpBroker:
         for queue_name in JOB_QUEUES:
             channel = await self._connection.channel()
             await channel.set_qos(prefetch_count=self._prefetch)
-            queue = await channel.get_queue(queue_name, ensure=False)
+            # Declared (not just looked up) on this channel so the robust channel restores the
+            # consumer after a reconnection.
+            queue = await channel.declare_queue(queue_name, durable=True)
 
             async def callback(message: AbstractIncomingMessage, _q: str = queue_name) -> None:
                 await on_delivery(_q, AmqpDelivery(message))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import asyncpg
 import structlog
@@ -135,13 +135,15 @@ class Gateway:
             await self._pool.close()
         log.info("gateway.stopped", name=self.name)
 
-    async def run_until_signalled(self) -> None:
-        """``start``, wait for SIGTERM or SIGINT, then ``stop``."""
+    async def run_until_signalled(self, on_started: Callable[[], None] | None = None) -> None:
+        """``start``, call ``on_started``, wait for SIGTERM or SIGINT, then ``stop``."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        if on_started is not None:
+            on_started()
         try:
             await stop.wait()
             log.info("gateway.stopping", grace_seconds=self.settings.shutdown_grace_seconds)

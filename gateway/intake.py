@@ -79,11 +79,14 @@ class Intake:
         try:
             await self._pipeline.process(batch)
         except BackendUnavailable as exc:
-            # The batch is back in the queue. Wait before taking more, longer each time, so an
-            # outage is ridden out without a hot loop of redeliveries.
-            self._pause = min(self._max_pause, max(0.5, self._pause * 2))
-            self._paused_until = time.monotonic() + self._pause
-            log.warning("intake.paused", reason=str(exc), seconds=self._pause)
+            # The batch is back in the queue. Wait before taking more, so an outage is ridden
+            # out without a hot loop of redeliveries; the wait doubles once per failed try, not
+            # once per batch of the many that fail together.
+            now = time.monotonic()
+            if now >= self._paused_until:
+                self._pause = min(self._max_pause, max(0.5, self._pause * 2))
+                self._paused_until = now + self._pause
+                log.warning("intake.paused", reason=str(exc), seconds=self._pause)
             return
         except Exception:
             # A bug, or the broker went away mid-batch: unacked deliveries return to the queue

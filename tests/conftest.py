@@ -218,3 +218,16 @@ async def start_gateway(
     yield start
     for gateway in reversed(started):
         await gateway.stop()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The GATEWAY_* environment that makes a gateway process read these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"GATEWAY_{name.upper()}"] = str(getattr(value, "value", value))
+    env["GATEWAY_LOG_FORMAT"] = "json"
+    return env
