@@ -32,6 +32,7 @@ class SmtpConfig:
     timeout: float = 30.0
     pool_size: int = 4
     local_hostname: str | None = None
+    ca_file: str | None = None  # a CA bundle to trust (a local server's own certificate)
 
 
 class HeaderInjection(ValueError):
@@ -80,8 +81,13 @@ def classify(exc: BaseException) -> SendError:
     return TransientSendError(f"unexpected SMTP error: {type(exc).__name__}: {exc}")
 
 
+# 5yz replies that mean "authenticate or secure the connection first": our configuration is
+# wrong, not the message, so retrying after ops fix it should deliver it.
+_CONFIGURATION_CODES = frozenset({530, 534, 535, 538})
+
+
 def _by_code(code: int, reason: str) -> SendError:
-    if 400 <= code < 500:
+    if 400 <= code < 500 or code in _CONFIGURATION_CODES:
         return TransientSendError(reason[:500])
     return PermanentSendError(reason[:500])
 
@@ -105,9 +111,9 @@ class SmtpSender:
             raise PermanentSendError(f"refused: {exc}") from None
         async with self._slots:
             client = self._idle.pop() if self._idle else None
+            if client is None or not client.is_connected:
+                client = await self._connect()
             try:
-                if client is None or not client.is_connected:
-                    client = await self._connect()
                 await client.send_message(mime, sender=_envelope(message.from_), recipients=[message.to])
             except BaseException as exc:
                 await self._discard(client, exc)
@@ -118,6 +124,8 @@ class SmtpSender:
         return SendResult(provider_message_id=str(mime["Message-ID"]))
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        # Every failure here, a refused login included, is transient: it is the server's or
+        # our configuration's problem, not the message's, and fixing it should let mail flow.
         config = self._config
         client = aiosmtplib.SMTP(
             hostname=config.host,
@@ -126,11 +134,17 @@ class SmtpSender:
             use_tls=config.tls == "tls",
             start_tls=config.tls == "starttls",
             validate_certs=True,
+            cert_bundle=config.ca_file,
             local_hostname=config.local_hostname,
         )
-        await client.connect()
-        if config.username:
-            await client.login(config.username, config.password or "")
+        try:
+            await client.connect()
+            if config.username:
+                await client.login(config.username, config.password or "")
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            client.close()
+            raise TransientSendError(f"SMTP connection to {config.host}:{config.port} failed: "
+                                     f"{type(exc).__name__}: {exc}") from None
         return client
 
     async def _discard(self, client: aiosmtplib.SMTP | None, exc: BaseException) -> None:
@@ -138,7 +152,8 @@ class SmtpSender:
         # else may have left it mid-transaction, so it is closed rather than reused.
         if client is None:
             return
-        if isinstance(exc, aiosmtplib.SMTPResponseException) and client.is_connected:
+        refused = (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused)
+        if isinstance(exc, refused) and client.is_connected:
             self._idle.append(client)
             return
         client.close()

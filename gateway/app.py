@@ -41,6 +41,7 @@ def default_senders(settings: Settings) -> dict[str, Sender]:
             tls=settings.smtp_tls.value,
             timeout=settings.smtp_timeout_seconds,
             pool_size=settings.smtp_pool_size,
+            ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
         )
     )
     return {"email": smtp}

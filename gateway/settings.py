@@ -7,6 +7,7 @@ fields, so tests point them at local fake servers.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
@@ -71,6 +72,7 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_tls: SmtpTls = SmtpTls.none
+    smtp_ca_file: Path | None = Field(None, description="CA bundle to trust instead of the system's")
     smtp_timeout_seconds: float = Field(30.0, gt=0)
     smtp_pool_size: int = Field(4, ge=1, le=100)
     email_from: str = "Gateway <noreply@localhost>"
@@ -118,8 +120,14 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "configuration error: " + "; ".join(parts)
 
 
+# Everything between ``scheme://`` and the last ``@`` of a URL: user and password.
+_URL_CREDENTIALS = re.compile(r"(?<=://)\S*@")
+
+
 def _shown_input(name: str, value: object) -> str:
-    # Never echo a secret back into a log or terminal.
+    # Never echo a secret back into a log or terminal, the credentials of a URL included.
     if any(word in name for word in ("TOKEN", "PASSWORD", "SECRET")) or isinstance(value, Mapping):
         return ""
+    if isinstance(value, str):
+        value = _URL_CREDENTIALS.sub("***@", value)
     return f", got {value!r}"

@@ -125,19 +125,18 @@ class Amqp:
         self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 15
     ) -> list[dict[str, Any]]:
         """Collect events until ``predicate(events)`` holds; fail after ``timeout`` seconds."""
-        async def collect() -> None:
-            while not predicate(self.events):
-                try:
-                    message = await self.events_queue.get(timeout=0.2, fail=True)
-                except aio_pika.exceptions.QueueEmpty:
-                    continue
-                await message.ack()
-                self.events.append(orjson.loads(message.body) | {"_key": message.routing_key})
-
-        try:
-            await asyncio.wait_for(collect(), timeout)
-        except TimeoutError:
-            pytest.fail(f"events never matched; got {self.events}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate(self.events):
+            if loop.time() > deadline:
+                pytest.fail(f"events never matched; got {self.events}")
+            # Polled rather than cancelled: cancelling aio-pika's get() mid-flight leaks it.
+            message = await self.events_queue.get(timeout=1, fail=False)
+            if message is None:
+                await asyncio.sleep(0.02)
+                continue
+            await message.ack()
+            self.events.append(orjson.loads(message.body) | {"_key": message.routing_key})
         return self.events
 
     async def dead_letters(self, count: int, timeout: float = 10) -> list[aio_pika.abc.AbstractIncomingMessage]:

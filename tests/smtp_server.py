@@ -18,6 +18,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 @dataclass
@@ -60,8 +61,10 @@ class _Handler:
 class RecordingSmtp:
     """Start with ``start()``; read ``received``; ``wait_for(n)`` in async tests."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, credentials: tuple[str, str] | None = None, **smtp_kwargs: Any) -> None:
+        """``credentials`` require AUTH; ``smtp_kwargs`` go to aiosmtpd (``tls_context``, ``ssl_context`` …)."""
         self.lock = threading.Lock()
+        self.logins: list[str] = []
         self.received: list[Received] = []
         self.attempts: dict[str, int] = {}
         self.sessions = 0
@@ -69,7 +72,26 @@ class RecordingSmtp:
         with socket.socket() as sock:
             sock.bind((self.host, 0))
             self.port = sock.getsockname()[1]
-        self._controller = Controller(_Handler(self), hostname=self.host, port=self.port)
+        if credentials is not None:
+            smtp_kwargs.update(
+                authenticator=self._authenticator(credentials), auth_required=True,
+                auth_require_tls=True,
+            )
+        self._controller = Controller(
+            _Handler(self), hostname=self.host, port=self.port, **smtp_kwargs
+        )
+
+    def _authenticator(self, credentials: tuple[str, str]) -> Any:
+        def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+            ok = isinstance(data, LoginPassword) and (
+                data.login.decode(), data.password.decode()
+            ) == credentials
+            if ok:
+                with self.lock:
+                    self.logins.append(data.login.decode())
+            return AuthResult(success=ok, handled=False)
+
+        return authenticate
 
     def start(self) -> None:
         self._controller.start()
