@@ -8,7 +8,10 @@ from gateway.errors import MessageFailed
 
 # Deliberately plain: one @, no whitespace or control characters, a dotted domain. The SMTP
 # server has the last word; this only stops what can never be delivered or is an injection.
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f<>,;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,251})\.[A-Za-z0-9\-]{2,63}$")
+_EMAIL = re.compile(
+    r"^[^@\s\x00-\x1f\x7f<>,;]{1,64}@"
+    r"(?=.{4,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9\-]{2,63}$"
+)
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 

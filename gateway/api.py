@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import orjson
 import structlog
@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.broker import Broker, routing_key_for
 from gateway.errors import InvalidJob
 from gateway.jobs import Kind, parse_job, utc_timestamp
-from gateway.pipeline import utcnow
+from gateway.pipeline import accepted_event, utcnow
 from gateway.settings import Settings
 from gateway.store import NewMessage, Store
 
@@ -32,18 +32,30 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(web.HTTPException):
     """An error answered as JSON. Raise it from any handler."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.status_code = status
+        # ``text``, not ``body``: aiohttp deprecates ``body`` on its HTTP exceptions.
         super().__init__(
-            body=orjson.dumps({"error": {"code": code, "message": message, "details": details}}),
+            text=orjson.dumps(
+                {"error": {"code": code, "message": message, "details": details}}
+            ).decode(),
             content_type="application/json",
+            headers=headers,
         )
 
 
 def json_response(data: Any, *, status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data, default=_default), status=status, content_type="application/json"
-    )
+    # Passthrough, or orjson would write datetimes itself and never call ``_default``.
+    body = orjson.dumps(data, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def _default(value: Any) -> Any:
@@ -65,7 +77,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status, "http_error"
         )
-        raise ApiError(exc.status, code, exc.reason) from None
+        # A 405 must keep its Allow header (RFC 9110, 15.5.6).
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        raise ApiError(exc.status, code, exc.reason, headers=allow) from None
     except Exception:
         log.exception("api.unhandled_error", path=request.path)
         raise ApiError(500, "internal_error", "internal error; see the gateway's logs") from None
@@ -113,8 +127,10 @@ async def post_message(request: web.Request) -> web.Response:
     if not inserted:
         # Idempotent by id: the first accept stands and nothing is published again.
         return json_response({"id": job.id, "status": existing, "duplicate": True}, status=200)
+    broker = request.app[BROKER]
     try:
-        await request.app[BROKER].publish_job(body, routing_key=routing_key_for(kind), message_id=job.id)
+        await broker.publish_job(body, routing_key=routing_key_for(kind), message_id=job.id)
+        await broker.publish_events([accepted_event(job, kind, now)])
     except Exception as exc:
         # The job is durably recorded as queued: the scheduler publishes it when its claim lapses.
         log.warning("api.publish_failed", message_id=job.id, error=str(exc))

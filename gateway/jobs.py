@@ -6,6 +6,7 @@ it (``gateway schema``) and a test keeps the two equal.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Union
@@ -151,17 +152,21 @@ def parse_job(body: bytes, *, max_bytes: int) -> Job:
         raise InvalidJob(describe(exc)) from None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def describe(exc: ValidationError) -> str:
     """One line per problem, ``field.path: message``, joined with ``; ``."""
     parts = []
     for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error["loc"]) or "job"
+        where = ".".join(str(p) for p in error["loc"])
         if error["type"] == "json_invalid":
             parts.append(f"invalid JSON: {error['msg']}")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            parts.append(f"{where}: {message}")
-    return "; ".join(parts)[:1000]
+            parts.append(f"{where}: {message}" if where else message)
+    # Field names come from the job itself: escape their control characters to stay one line.
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", "; ".join(parts))[:1000]
 
 
 def job_json_schema() -> dict[str, Any]:

@@ -16,13 +16,21 @@ import structlog
 
 from gateway.settings import LogFormat
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+# The local part takes every character RFC 5322 allows unquoted (o'brien@, x{@ ...), so none
+# of it is left showing and no address escapes the pattern.
+_LOCAL = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]"
+_EMAIL = re.compile(rf"({_LOCAL}){_LOCAL}*@([A-Za-z0-9.\-]+\.[A-Za-z]{{2,}})")
 # A phone number: a leading + and 7-15 digits, or 10-15 digits standing alone. Separators
-# (space, dot, dash, parentheses) may sit between digits as people write them.
-_PHONE = re.compile(r"(?<![\w+])(\+\d(?:[ .\-()]*\d){6,14}|\d(?:[ .\-()]*\d){9,14})(?![\w])")
-# Keys whose values are ours (ids, timestamps): masking them would only hurt ops.
+# (space, dot, dash, parentheses) may sit between digits as people write them; a date and time
+# written with a space (``2024-05-01 12:34``, as ``str(datetime)`` does) is not one.
+_PHONE = re.compile(
+    r"(?<![\w+])(?!\d{4}-\d\d-\d\d \d)"
+    r"(\+\d(?:[ .\-()]*\d){6,14}|\d(?:[ .\-()]*\d){9,14})(?![\w])"
+)
+# Keys whose values are ours (ids, timestamps): masking them would only hurt ops. Not "event":
+# a stdlib record's message lands there.
 _SAFE_KEYS = frozenset(
-    {"timestamp", "level", "logger", "event", "message_id", "job_id", "status", "channel", "kind",
+    {"timestamp", "level", "logger", "message_id", "job_id", "status", "channel", "kind",
      "attempt", "duration_ms", "queue", "routing_key", "batch_size", "count"}
 )
 

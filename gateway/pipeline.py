@@ -85,7 +85,7 @@ class Pipeline:
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await asyncio.gather(*(p.delivery.reject(requeue=True) for p in parsed))
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        events = [self._accepted_event(unique[c.id], now) for c in claims if c.inserted]
+        events = [accepted_event(unique[c.id].job, unique[c.id].kind, now) for c in claims if c.inserted]
         events += [o.event() for o in outcomes]
         try:
             await self._broker.publish_events(events)
@@ -164,17 +164,16 @@ class Pipeline:
         outcome.detail = {"until": outcome.due_at, "attempt": failures}
         return _finish(outcome, Status.deferred, reason)
 
-    @staticmethod
-    def _accepted_event(item: _Parsed, now: datetime) -> tuple[str, bytes]:
-        job = item.job
-        return event_body(
-            message_id=job.id,
-            status=Status.accepted,
-            channel=job.channel.value,
-            kind=item.kind,
-            at=now,
-            campaign_id=job.campaign_id,
-        )
+def accepted_event(job: Job, kind: str, at: datetime) -> tuple[str, bytes]:
+    """The ``message.accepted`` event, published when a job is first recorded."""
+    return event_body(
+        message_id=job.id,
+        status=Status.accepted,
+        channel=job.channel.value,
+        kind=kind,
+        at=at,
+        campaign_id=job.campaign_id,
+    )
 
 
 def _finish(outcome: Outcome, status: Status, reason: str) -> Outcome:

@@ -59,7 +59,12 @@ class Renderer:
         return template
 
 
-_BLOCK_END = re.compile(r"</(p|div|h[1-6]|li|tr|table|ul|ol)\s*>|<br\s*/?>", re.IGNORECASE)
+# A run of block tags, opening or closing, is one line break ("a<ul><li>b" is not "ab"); a
+# table cell ends with a space ("<td>Name</td><td>Jane</td>" is not "NameJane").
+_BLOCK = re.compile(
+    r"(?:</?(?:p|div|h[1-6]|li|tr|table|ul|ol)\b[^>]*>)+|<br\s*/?>", re.IGNORECASE
+)
+_CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
 _DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]+>")
 _LINK = re.compile(r"""<a\s[^>]*href=["']([^"']+)["'][^>]*>(.*?)</a\s*>""", re.IGNORECASE | re.DOTALL)
@@ -69,7 +74,7 @@ def html_to_text(markup: str) -> str:
     """A readable plain-text alternative of an HTML body (links kept as ``text (url)``)."""
     text = _DROP.sub("", markup)
     text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})", text)
-    text = _BLOCK_END.sub("\n", text)
+    text = _CELL_END.sub(" ", _BLOCK.sub("\n", text))
     text = html.unescape(_TAG.sub("", text))
     lines = [" ".join(line.split()) for line in text.splitlines()]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"

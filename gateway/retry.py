@@ -20,7 +20,8 @@ def backoff_seconds(
     of the step is fixed, half random, so a burst of failures does not retry in lockstep yet
     never retries sooner than half the step. A provider's ``Retry-After`` is a floor.
     """
-    step = min(cap, base * 2 ** max(0, failures - 1))
+    # The exponent is clamped so a huge failure count cannot overflow the float.
+    step = min(cap, base * 2 ** min(max(0, failures - 1), 60))
     delay = step / 2 + rand() * step / 2
     if retry_after is not None:
         delay = max(delay, retry_after)
