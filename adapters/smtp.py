@@ -33,6 +33,7 @@ class SmtpConfig:
     pool_size: int = 4
     local_hostname: str | None = None
     ca_file: str | None = None  # a CA bundle to trust (a local server's own certificate)
+    message_id_domain: str | None = None  # default: the local hostname, else gateway.local
 
 
 class HeaderInjection(ValueError):
@@ -101,7 +102,7 @@ class SmtpSender:
         self._config = config
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(config.pool_size)
-        self._domain = config.local_hostname or "gateway.local"
+        self._domain = config.message_id_domain or config.local_hostname or "gateway.local"
 
     async def send(self, message: OutboundEmail) -> SendResult:
         """Send one email; raise ``TransientSendError`` or ``PermanentSendError`` when refused."""

@@ -89,7 +89,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse ``/v1`` requests without the right bearer token (constant-time comparison)."""
     if request.path.startswith("/v1/"):
-        expected = request.app[SETTINGS].api_token.get_secret_value()
+        expected = request.app[SETTINGS].token
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
             raise ApiError(401, "unauthorized", "missing or invalid bearer token")
@@ -126,11 +126,14 @@ async def post_message(request: web.Request) -> web.Response:
     )
     if not inserted:
         # Idempotent by id: the first accept stands and nothing is published again.
-        return json_response({"id": job.id, "status": existing, "duplicate": True}, status=200)
+        return json_response(
+            {"id": job.id, "status": public_status(existing), "duplicate": True}, status=200
+        )
     broker = request.app[BROKER]
     try:
-        await broker.publish_job(body, routing_key=routing_key_for(kind), message_id=job.id)
+        # The event first, so no consumer can announce an outcome before the acceptance.
         await broker.publish_events([accepted_event(job, kind, now)])
+        await broker.publish_job(body, routing_key=routing_key_for(kind), message_id=job.id)
     except Exception as exc:
         # The job is durably recorded as queued: the scheduler publishes it when its claim lapses.
         log.warning("api.publish_failed", message_id=job.id, error=str(exc))
@@ -142,7 +145,13 @@ async def get_message(request: web.Request) -> web.Response:
     message = await request.app[STORE].get_message(request.match_info["id"])
     if message is None:
         raise ApiError(404, "not_found", "no message with this id")
+    message["status"] = public_status(message["status"])
     return json_response(message)
+
+
+def public_status(status: str | None) -> str | None:
+    """``queued`` and ``processing`` are internal steps of ``accepted``."""
+    return "accepted" if status in ("queued", "processing") else status
 
 
 async def healthz(_request: web.Request) -> web.Response:

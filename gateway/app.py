@@ -7,6 +7,7 @@ process. Resources are built here and passed down; nothing is global.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import signal
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
@@ -42,6 +43,9 @@ def default_senders(settings: Settings) -> dict[str, Sender]:
             timeout=settings.smtp_timeout_seconds,
             pool_size=settings.smtp_pool_size,
             ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
+            # Message-IDs in the sender's domain, as receiving filters expect.
+            message_id_domain=email.utils.parseaddr(settings.email_from)[1].rpartition("@")[2]
+            or None,
         )
     )
     return {"email": smtp}
@@ -73,14 +77,14 @@ class Gateway:
             raise
 
     async def _start(self) -> None:
-        settings = self.settings
+        settings = self.settings.require("database_url", "api_token")
         self._pool = await asyncpg.create_pool(
             settings.database_url, min_size=1, max_size=settings.database_pool_size
         )
         store = Store(pool=self._pool)
         if self.broker is None:
             self.broker = await AmqpBroker.connect(
-                settings.amqp_url, prefetch=settings.prefetch, name=self.name
+                settings.require("amqp_url").amqp_url or "", prefetch=settings.prefetch, name=self.name
             )
         if self.senders is None:
             self.senders = default_senders(settings)

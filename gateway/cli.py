@@ -56,21 +56,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return int(_run(run_dev(port=args.port)) or 0)
         settings = Settings.load()
+        if args.command == "migrate":
+            settings.require("database_url")
+        else:
+            settings.require("database_url", "amqp_url", "api_token")
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
     from gateway.logging import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
-    if args.command == "migrate":
-        return _run(_migrate(settings))
-    return int(_run(_serve(settings, args)) or 0)
+    try:
+        if args.command == "migrate":
+            return int(_run(_migrate(settings)))
+        return int(_run(_serve(settings, args)) or 0)
+    except _unreachable() as exc:
+        # A backend that is down at start is an operations problem: say which, in one line.
+        sys.stderr.write(f"gateway: cannot start: {type(exc).__name__}: {exc}\n")
+        return 1
+
+
+def _unreachable() -> tuple[type[BaseException], ...]:
+    import aio_pika.exceptions
+    import asyncpg
+
+    return (OSError, asyncpg.PostgresError, aio_pika.exceptions.AMQPError)
 
 
 async def _migrate(settings: Settings) -> int:
     from gateway.migrate import migrate
 
-    applied = await migrate(settings.database_url)
+    applied = await migrate(settings.database_url or "")
     sys.stderr.write(f"migrations applied: {len(applied)}\n")
     return 0
 
@@ -80,7 +96,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.migrate import migrate
 
     if args.migrate:
-        await migrate(settings.database_url)
+        await migrate(settings.database_url or "")
     gateway = Gateway(settings, consume=not args.http_only, http=not args.consumer_only)
     await gateway.run_until_signalled()
     return 0

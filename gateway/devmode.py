@@ -203,13 +203,14 @@ async def run_dev(*, port: int | None = None) -> int:
     from gateway.settings import Settings
 
     os.environ.setdefault("GATEWAY_API_TOKEN", DEV_TOKEN)
-    data_dir = Path(os.environ.get("GATEWAY_DEV_DATA_DIR", ".gateway-dev"))
-    overrides: dict[str, Any] = {"amqp_url": "memory://", "http_host": "127.0.0.1"}
+    overrides: dict[str, Any] = {"http_host": "127.0.0.1"}
     if port is not None:
         overrides["http_port"] = port
+    settings = Settings.load(**overrides)
+    data_dir = settings.dev_data_dir
     dsn, handle = await asyncio.to_thread(start_embedded_postgres, data_dir)
     try:
-        settings = Settings.load(database_url=dsn, dev_data_dir=data_dir, **overrides)
+        settings = settings.model_copy(update={"database_url": dsn})
         configure_logging(settings.log_format, settings.log_level)
         await migrate(dsn)
         outbox = Outbox(path=data_dir / "outbox.jsonl")
@@ -232,7 +233,7 @@ def _banner(gateway: Any, outbox: Outbox) -> None:
     import sys
 
     base = f"http://127.0.0.1:{gateway.port}"
-    token = gateway.settings.api_token.get_secret_value()
+    token = gateway.settings.token
     example = (
         f"curl -s -X POST {base}/v1/messages -H 'Authorization: Bearer {token}' "
         "-H 'Content-Type: application/json' -d '{\"id\": \"hello-1\", \"channel\": \"email\", "

@@ -20,7 +20,7 @@ from adapters.base import Outbound, Sender
 from adapters.errors import PermanentSendError, TransientSendError
 from gateway.broker import Broker, Delivery, kind_from_routing_key
 from gateway.errors import InvalidJob, MessageFailed
-from gateway.jobs import Job, Kind, parse_job
+from gateway.jobs import Job, Kind, parse_job, utc_timestamp
 from gateway.outcomes import Outcome, Status, event_body
 from gateway.prepare import prepare
 from gateway.render import Renderer
@@ -29,6 +29,10 @@ from gateway.settings import Settings
 from gateway.store import Claim, NewMessage, Store
 
 log = structlog.get_logger("gateway.pipeline")
+
+
+_DB_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_RECORD_RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class BackendUnavailable(Exception):
@@ -80,9 +84,16 @@ class Pipeline:
                 lease_until=now + timedelta(seconds=self._settings.processing_lease_seconds),
                 now=now,
             )
-            outcomes = await asyncio.gather(*(self._deliver(unique[c.id], c) for c in claims))
-            await self._store.record(outcomes)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DB_ERRORS as exc:
+            # Nothing was sent: the whole batch goes back to the queue.
+            await asyncio.gather(*(p.delivery.reject(requeue=True) for p in parsed))
+            raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        outcomes = await asyncio.gather(*(self._deliver(unique[c.id], c) for c in claims))
+        try:
+            await self._record(outcomes)
+        except _DB_ERRORS as exc:
+            # Sent but not recorded: the claims stay "processing" until their lease lapses, then
+            # the scheduler re-queues them (a duplicate send, bounded by this batch).
             await asyncio.gather(*(p.delivery.reject(requeue=True) for p in parsed))
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
         events = [accepted_event(unique[c.id].job, unique[c.id].kind, now) for c in claims if c.inserted]
@@ -96,6 +107,18 @@ class Pipeline:
         await asyncio.gather(*(p.delivery.ack() for p in parsed))
         for outcome in outcomes:
             _log_outcome(outcome, unique[outcome.message_id])
+
+    async def _record(self, outcomes: Sequence[Outcome]) -> None:
+        # These messages were handed to providers: their outcomes are worth waiting for, since
+        # giving up means sending them again later. Retry through a short outage.
+        for delay in _RECORD_RETRIES:
+            try:
+                await self._store.record(outcomes)
+                return
+            except _DB_ERRORS as exc:
+                log.warning("pipeline.record_retry", error=f"{type(exc).__name__}: {exc}", count=len(outcomes))
+                await asyncio.sleep(delay)
+        await self._store.record(outcomes)
 
     async def _parse(self, batch: Sequence[Delivery]) -> list[_Parsed]:
         parsed: list[_Parsed] = []
@@ -124,7 +147,7 @@ class Pipeline:
             return _finish(outcome, Status.expired, "expires_at passed before sending")
         if job.send_at is not None and job.send_at > now:
             outcome.due_at = job.send_at
-            outcome.detail = {"until": job.send_at}
+            outcome.detail = {"until": utc_timestamp(job.send_at)}
             return _finish(outcome, Status.deferred, "send_at is in the future")
         try:
             message = prepare(job, renderer=self._renderer, settings=self._settings)
@@ -134,7 +157,12 @@ class Pipeline:
         if sender is None:
             return _finish(outcome, Status.failed, f"no sender configured for {job.channel.value}")
         try:
-            result = await sender.send(message)
+            # Bounded well inside the claim's lease, so the scheduler never re-queues a message
+            # that is still being sent.
+            async with asyncio.timeout(self._settings.processing_lease_seconds / 2):
+                result = await sender.send(message)
+        except TimeoutError:
+            return self._retry_or_fail(outcome, claim.failures + 1, "provider timed out", None)
         except PermanentSendError as exc:
             return _finish(outcome, Status.failed, exc.reason)
         except TransientSendError as exc:
@@ -161,7 +189,7 @@ class Pipeline:
             retry_after=retry_after,
         )
         outcome.due_at = outcome.at + timedelta(seconds=delay)
-        outcome.detail = {"until": outcome.due_at, "attempt": failures}
+        outcome.detail = {"until": utc_timestamp(outcome.due_at), "attempt": failures}
         return _finish(outcome, Status.deferred, reason)
 
 def accepted_event(job: Job, kind: str, at: datetime) -> tuple[str, bytes]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,14 +41,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
     # Connections
-    database_url: str = Field(description="PostgreSQL DSN, e.g. postgresql://user@host:5432/db")
-    amqp_url: str = Field(description="RabbitMQ URL, e.g. amqp://guest:guest@host:5672/")
+    # Required by the commands that use them (see ``require``), so ``gateway migrate`` needs
+    # only the database.
+    database_url: str | None = Field(None, description="PostgreSQL DSN, postgresql://user@host/db")
+    amqp_url: str | None = Field(None, description="RabbitMQ URL, e.g. amqp://guest:guest@host:5672/")
     database_pool_size: int = Field(10, ge=1, le=200)
 
     # HTTP API
     http_host: str = "0.0.0.0"
     http_port: int = Field(8080, ge=0, le=65535)
-    api_token: SecretStr = Field(min_length=16, description="Bearer token for every /v1 route")
+    api_token: SecretStr | None = Field(
+        None, min_length=16, description="Bearer token for every /v1 route"
+    )
     max_request_bytes: int = Field(1024 * 1024, ge=1024)
 
     # Consumer
@@ -63,7 +67,9 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(10.0, gt=0)
     retry_max_seconds: float = Field(3600.0, gt=0)
     scheduler_interval_seconds: float = Field(1.0, gt=0)
-    processing_lease_seconds: float = Field(120.0, gt=0)
+    processing_lease_seconds: float = Field(
+        300.0, gt=0, description="A claimed message is re-queued if not finished by then"
+    )
     requeue_after_seconds: float = Field(900.0, gt=0)
 
     # Email over SMTP
@@ -79,22 +85,22 @@ class Settings(BaseSettings):
 
     # Logs
     log_format: LogFormat | None = Field(None, description="Default: console on a TTY, else json")
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # Dev mode
     dev_data_dir: Path = Path(".gateway-dev")
 
     @field_validator("database_url")
     @classmethod
-    def _postgres_url(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql://")
         return value
 
     @field_validator("amqp_url")
     @classmethod
-    def _amqp_url(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://", "memory://")):
+    def _amqp_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must start with amqp:// or amqps://")
         return value
 
@@ -105,6 +111,21 @@ class Settings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
+
+
+    def require(self, *names: str) -> "Settings":
+        """Raise :class:`ConfigError` naming each of ``names`` that is not set; else ``self``."""
+        missing = [f"GATEWAY_{n.upper()} is required but not set" for n in names if getattr(self, n) is None]
+        if missing:
+            raise ConfigError("configuration error: " + "; ".join(missing))
+        return self
+
+    @property
+    def token(self) -> str:
+        """The API token (``require("api_token")`` first)."""
+        if self.api_token is None:
+            raise ConfigError("configuration error: GATEWAY_API_TOKEN is required but not set")
+        return self.api_token.get_secret_value()
 
 
 def describe_validation_error(exc: ValidationError) -> str:

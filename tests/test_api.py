@@ -156,7 +156,7 @@ async def test_duplicate_post_is_answered_200_and_not_published_again(
     changed = email_job("job-twice", kind="transactional", data={"name": "Someone else"})
     async with client.post("/v1/messages", json=changed) as response:
         assert response.status == 200
-        assert await response.json() == {"id": "job-twice", "status": "queued", "duplicate": True}
+        assert await response.json() == {"id": "job-twice", "status": "accepted", "duplicate": True}
 
     assert await queue_counts(amqp) == {TRANSACTIONAL: 0, PROMOTIONAL: 1}
 

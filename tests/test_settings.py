@@ -30,9 +30,9 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def config_error() -> str:
-    """The message of the ConfigError that loading the current environment raises."""
+    """The message of the ConfigError that loading the environment for ``gateway serve`` raises."""
     with pytest.raises(ConfigError) as caught:
-        Settings.load()
+        Settings.load().require("database_url", "amqp_url", "api_token")
     message = str(caught.value)
     assert "\n" not in message
     return message
@@ -177,3 +177,29 @@ def test_gateway_serve_without_database_url_exits_2_with_one_line() -> None:
     assert result.stderr.splitlines() == [
         "configuration error: GATEWAY_DATABASE_URL is required but not set"
     ]
+
+
+def test_migrate_needs_only_the_database(env: pytest.MonkeyPatch) -> None:
+    """`gateway migrate` asks for GATEWAY_DATABASE_URL alone; the broker and token may be unset."""
+    env.delenv("GATEWAY_AMQP_URL")
+    env.delenv("GATEWAY_API_TOKEN")
+    settings = Settings.load().require("database_url")
+    assert settings.amqp_url is None
+
+
+def test_unknown_log_level_is_refused(env: pytest.MonkeyPatch) -> None:
+    """GATEWAY_LOG_LEVEL must be a level name, not silently replaced by info."""
+    env.setenv("GATEWAY_LOG_LEVEL", "verbose")
+    assert "GATEWAY_LOG_LEVEL is invalid" in config_error()
+
+
+def test_unreachable_database_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """`gateway migrate` against a closed port exits 1 with one line saying it cannot start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/none"
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 1
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gateway: cannot start: ")
