@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, Union
 
 
@@ -39,6 +40,8 @@ class OutboundPush:
     body: str | None
     data: dict[str, Any] | None
     silent: bool = False
+    expires_at: datetime | None = None  # the provider may drop it undelivered after this
+    collapse_id: str | None = None  # a newer push with the same id replaces an undelivered one
 
 
 Outbound = Union[OutboundEmail, OutboundSms, OutboundPush]

@@ -28,3 +28,13 @@ class TransientSendError(SendError):
 
 class PermanentSendError(SendError):
     """Raised when the message can never be delivered as it is; it fails for good."""
+
+
+class InvalidTokenError(PermanentSendError):
+    """Raised when the provider says the device token is dead (APNs 410 Unregistered, 400
+    BadDeviceToken; FCM UNREGISTERED): the message fails and the endpoint should be deactivated."""
+
+
+class OptedOutError(PermanentSendError):
+    """Raised when the provider refuses because the recipient opted out (Twilio 21610: they
+    replied STOP): the message is suppressed and the opt-out recorded with source "provider"."""

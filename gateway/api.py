@@ -16,7 +16,8 @@ from aiohttp import web
 from gateway.broker import Broker, routing_key_for
 from gateway.errors import InvalidJob
 from gateway.jobs import Kind, parse_job, utc_timestamp
-from gateway.pipeline import accepted_event, utcnow
+from gateway.outcomes import utcnow
+from gateway.pipeline import accepted_event
 from gateway.settings import Settings
 from gateway.store import NewMessage, Store
 
@@ -180,6 +181,10 @@ def create_app(
     extra_routes: Iterable[web.AbstractRouteDef] = (),
 ) -> web.Application:
     """The aiohttp application, from ready resources (the caller owns their lifecycle)."""
+    # Imported here, not at the top: these route modules build on this one (ApiError, STORE).
+    from gateway.api_policy import policy_routes
+    from gateway.api_recipients import recipient_routes
+
     app = web.Application(
         middlewares=[errors_as_json, bearer_auth], client_max_size=settings.max_request_bytes
     )
@@ -192,6 +197,8 @@ def create_app(
             web.get("/v1/messages/{id}", get_message),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
+            *recipient_routes(),
+            *policy_routes(),
             *extra_routes,
         ]
     )

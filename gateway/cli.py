@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``serve``, ``migrate``, ``dev`` and ``schema``.
+"""The ``gateway`` command: ``serve``, ``migrate``, ``dev``, ``schema`` and ``import-users``.
 
 Settings are read here, once, and handed to everything else.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any, Coroutine, Sequence
 
 import orjson
@@ -39,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--port", type=int, default=None, help="HTTP port (default 8080)")
     commands.add_parser("schema", help="print the send job JSON Schema")
+    importer = commands.add_parser(
+        "import-users",
+        help="create or replace users from a CSV or JSON-lines file; prints a JSON summary",
+    )
+    importer.add_argument("file", type=Path, help="a .csv, .jsonl or .ndjson file")
     return parser
 
 
@@ -56,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return int(_run(run_dev(port=args.port)) or 0)
         settings = Settings.load()
-        if args.command == "migrate":
+        if args.command in ("migrate", "import-users"):
             settings.require("database_url")
         else:
             settings.require("database_url", "amqp_url", "api_token")
@@ -69,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return int(_run(_migrate(settings)))
+        if args.command == "import-users":
+            return int(_run(_import_users(settings, args.file)))
         return int(_run(_serve(settings, args)) or 0)
     except _unreachable() as exc:
         # A backend that is down at start is an operations problem: say which, in one line.
@@ -88,6 +96,48 @@ async def _migrate(settings: Settings) -> int:
 
     applied = await migrate(settings.database_url or "")
     sys.stderr.write(f"migrations applied: {len(applied)}\n")
+    return 0
+
+
+async def _import_users(settings: Settings, path: Path) -> int:
+    import asyncpg
+
+    from gateway.importer import ImportFailed, detect_format, import_users, read_rows
+    from gateway.progress import ProgressBar
+    from gateway.recipients import Recipients
+
+    try:
+        stream = path.open("rb")
+    except OSError as exc:
+        sys.stderr.write(f"gateway: cannot import {path}: {exc}\n")
+        return 1
+    with stream:
+        try:
+            size = path.stat().st_size
+            rows = read_rows(stream, detect_format(path.name, stream.peek(4096)[:4096]))
+        except (OSError, ImportFailed) as exc:
+            sys.stderr.write(f"gateway: cannot import {path}: {exc}\n")
+            return 1
+        # The bar follows the bytes read, the only total known before the end.
+        bar = ProgressBar(sys.stderr, total=size, unit="rows") if sys.stderr.isatty() else None
+
+        def progress(count: int) -> None:
+            if bar is not None:
+                bar.update(stream.tell(), count)
+
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+        try:
+            summary = await import_users(
+                rows, recipients=Recipients(pool=pool), on_progress=progress
+            )
+        except OSError as exc:
+            sys.stderr.write(f"gateway: cannot import {path}: {exc}\n")
+            return 1
+        finally:
+            await pool.close()
+            if bar is not None:
+                bar.finish()
+    sys.stdout.write(orjson.dumps(summary.to_json()).decode() + "\n")
     return 0
 
 

@@ -12,11 +12,8 @@ from gateway.render import Renderer, html_to_text
 from gateway.settings import Settings
 
 
-def prepare(job: Job, *, renderer: Renderer, settings: Settings) -> Outbound:
-    """The rendered message for ``job``; raise :class:`MessageFailed` when it cannot be built."""
-    address = job.address
-    if address is None:
-        raise MessageFailed(f"unknown user {job.to.user_id!r}")  # type: ignore[union-attr]
+def prepare(job: Job, address: str, *, renderer: Renderer, settings: Settings) -> Outbound:
+    """The rendered message for ``job`` to ``address``; raise :class:`MessageFailed` if impossible."""
     if job.template is not None:
         raise MessageFailed(f"unknown template {job.template!r}")
     content = job.typed_content()

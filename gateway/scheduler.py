@@ -13,7 +13,7 @@ from datetime import timedelta
 import structlog
 
 from gateway.broker import Broker, routing_key_for
-from gateway.pipeline import utcnow
+from gateway.outcomes import utcnow
 from gateway.store import Store
 
 log = structlog.get_logger("gateway.scheduler")

@@ -12,7 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PositiveFloat, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -89,6 +89,45 @@ class Settings(BaseSettings):
 
     # Dev mode
     dev_data_dir: Path = Path(".gateway-dev")
+
+    # --- SMS over Twilio, and the limits every HTTP provider shares (docs/channels.md) ---
+    twilio_account_sid: str | None = Field(None, description="Twilio account SID, AC...")
+    twilio_auth_token: SecretStr | None = None
+    twilio_base_url: str = Field("https://api.twilio.com", pattern=r"^https?://")
+    sms_from: str | None = Field(None, description="Default origination number (From)")
+    public_url: str | None = Field(
+        None, pattern=r"^https?://", description="The gateway's externally visible base URL"
+    )
+    sms_rate_per_second: float = Field(
+        1.0, gt=0, description="Sends a second per origination number (US 10DLC: 1)"
+    )
+    sms_number_rates: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description='Per-number rates, JSON: {"12345": 100}'
+    )
+    sms_max_concurrency: int = Field(50, ge=1, le=1000)
+    provider_timeout_seconds: float = Field(10.0, gt=0)
+    breaker_failure_threshold: int = Field(5, ge=1)
+    breaker_reset_seconds: float = Field(30.0, gt=0)
+    # --- end of SMS settings ---
+
+    # --- Push over APNs and FCM (docs/channels.md) ---
+    # Key files hold secrets, so settings name the files rather than carry their contents.
+    apns_base_url: str = Field(
+        "https://api.push.apple.com", pattern=r"^https?://",
+        description="APNs endpoint; sandbox: https://api.sandbox.push.apple.com",
+    )
+    apns_key_file: Path | None = Field(None, description="The .p8 token signing key (ES256)")
+    apns_key_id: str | None = Field(None, min_length=1, description="The .p8 key's 10-char id")
+    apns_team_id: str | None = Field(None, min_length=1, description="Apple developer team id")
+    apns_topic: str | None = Field(None, min_length=1, description="The app's bundle id")
+    apns_ca_file: Path | None = Field(None, description="CA bundle to trust, not the system's")
+    fcm_credentials_file: Path | None = Field(None, description="Service account key, JSON")
+    fcm_base_url: str = Field("https://fcm.googleapis.com", pattern=r"^https?://")
+    fcm_token_url: str = Field("https://oauth2.googleapis.com/token", pattern=r"^https?://")
+    push_max_concurrency: int = Field(
+        200, ge=1, le=10_000, description="Pushes in flight per provider and process"
+    )
+    # --- end of push settings ---
 
     @field_validator("database_url")
     @classmethod

@@ -6,8 +6,8 @@ with its events. The HTTP API accepts single jobs; the scheduler re-queues what 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any, Sequence
 
 import asyncpg
@@ -18,8 +18,8 @@ from gateway.outcomes import Outcome
 _CLAIM = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::timestamptz[])
-        AS u(id, channel, kind, job, recipient, campaign_id, send_at, expires_at)
+                         $7::timestamptz[], $8::timestamptz[], $11::text[])
+        AS u(id, channel, kind, job, recipient, campaign_id, send_at, expires_at, user_id)
 ), claimed AS (
     INSERT INTO messages AS m (id, channel, kind, status, job, recipient, campaign_id, send_at,
                                expires_at, attempts, due_at, created_at, updated_at)
@@ -30,12 +30,40 @@ WITH input AS (
         SET status = 'processing', attempts = m.attempts + 1, due_at = EXCLUDED.due_at,
             updated_at = EXCLUDED.updated_at
         WHERE m.status = 'queued' OR (m.status = 'processing' AND m.due_at <= $10)
-    RETURNING m.id, m.failures, (m.xmax = 0) AS inserted
+    RETURNING m.id, m.failures, m.cap_granted, (m.xmax = 0) AS inserted
 ), accepted AS (
     INSERT INTO message_events (message_id, status, created_at)
     SELECT id, 'accepted', $10 FROM claimed WHERE inserted
 )
-SELECT id, failures, inserted FROM claimed
+-- What the policy needs, in the same round trip: the user and its active endpoints on the
+-- job's channel, which of the addresses are opted out, the campaign's and global rules, and
+-- the deliveries already finished by an earlier attempt.
+SELECT c.id, c.failures, c.cap_granted, c.inserted,
+       (u.id IS NOT NULL) AS user_found, u.timezone, u.locale, u.attributes::text AS attributes,
+       coalesce((SELECT array_agg(e.address ORDER BY e.created_at, e.address) FROM endpoints e
+                 WHERE e.user_id = i.user_id AND e.channel = i.channel AND e.active), '{}')
+           AS endpoints,
+       -- Opt-outs keep email addresses wholly in lower case (Jane@ and jane@ are one person).
+       coalesce((SELECT array_agg(a.address) FROM (
+                     SELECT i.recipient AS address WHERE i.recipient IS NOT NULL
+                     UNION ALL
+                     SELECT e.address FROM endpoints e
+                     WHERE e.user_id = i.user_id AND e.channel = i.channel) AS a
+                 WHERE EXISTS (
+                     SELECT 1 FROM opt_outs o
+                     WHERE o.channel = i.channel
+                       AND o.address = CASE WHEN i.channel = 'email' THEN lower(a.address)
+                                            ELSE a.address END)), '{}')
+           AS opted_out,
+       coalesce((SELECT array_agg(d.address) FROM deliveries d
+                 WHERE d.message_id = c.id AND d.status IN ('sent', 'failed', 'suppressed')
+                   AND c.failures > 0), '{}') AS delivered,
+       cp.rules::text AS campaign_rules, (cp.id IS NOT NULL) AS campaign_found,
+       (SELECT p.rules::text FROM policy p) AS policy_rules
+FROM claimed c
+JOIN input i ON i.id = c.id
+LEFT JOIN users u ON u.id = i.user_id
+LEFT JOIN campaigns cp ON cp.id = i.campaign_id
 """
 
 _RECORD = """
@@ -49,6 +77,14 @@ WITH input AS (
         provider_message_id = coalesce(input.provider_message_id, m.provider_message_id),
         failures = m.failures + input.failed, updated_at = input.at
     FROM input WHERE m.id = input.id
+), delivered AS (
+    INSERT INTO deliveries AS d (message_id, address, status, reason, provider_message_id, updated_at)
+    SELECT * FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                         $14::timestamptz[])
+    ON CONFLICT (message_id, address) DO UPDATE
+        SET status = EXCLUDED.status, reason = EXCLUDED.reason,
+            provider_message_id = coalesce(EXCLUDED.provider_message_id, d.provider_message_id),
+            updated_at = EXCLUDED.updated_at
 )
 INSERT INTO message_events (message_id, status, reason, detail, created_at)
 SELECT id, status, reason, detail::jsonb, at FROM input
@@ -94,15 +130,58 @@ class NewMessage:
     campaign_id: str | None
     send_at: datetime | None
     expires_at: datetime | None
+    user_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A message this consumer now owns: ``failures`` so far, ``inserted`` if seen for the first time."""
+    """A message this consumer now owns, with what the policy needs to decide about it.
+
+    ``failures`` so far; ``inserted`` if seen for the first time; ``endpoints`` the user's
+    active addresses on the channel; ``opted_out`` which of its addresses opted out;
+    ``delivered`` addresses an earlier attempt already finished; rules as stored JSON.
+    """
 
     id: str
     failures: int
     inserted: bool
+    cap_granted: bool = False
+    user_found: bool = False
+    timezone: str | None = None
+    locale: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    endpoints: list[str] = field(default_factory=list)
+    opted_out: frozenset[str] = frozenset()
+    delivered: frozenset[str] = frozenset()
+    campaign_found: bool = False
+    campaign_rules: dict[str, Any] | None = None
+    policy_rules: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CapRequest:
+    """One message asking for a slot under the caps that apply to it (``None``: no such cap)."""
+
+    message_id: str
+    recipient: str
+    day: date
+    channel: str
+    daily_cap: int | None
+    channel_cap: int | None
+    campaign_id: str | None
+    campaign_cap: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """The outcome for one endpoint of a ``user_id`` job."""
+
+    message_id: str
+    address: str
+    status: str
+    reason: str | None
+    provider_message_id: str | None
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +198,11 @@ class Store:
 
     def __init__(self, *, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool, for the API's other stores (users, opt-outs, policy)."""
+        return self._pool
 
     async def ping(self) -> None:
         """Raise if PostgreSQL does not answer."""
@@ -145,11 +229,33 @@ class Store:
             [m.expires_at for m in messages],
             lease_until,
             now,
+            [m.user_id for m in messages],
         )
-        return [Claim(r["id"], r["failures"], r["inserted"]) for r in rows]
+        return [_claim(r) for r in rows]
 
-    async def record(self, outcomes: Sequence[Outcome]) -> None:
-        """Record the outcome of each message and its event: one statement for the batch."""
+    async def grant_caps(self, requests: Sequence[CapRequest]) -> dict[str, str | None]:
+        """Take cap slots for a batch (one call); map message id -> refusal reason or ``None``."""
+        if not requests:
+            return {}
+        rows = await self._pool.fetch(
+            "SELECT message_id, granted, reason FROM gateway_grant_caps("
+            "$1::text[], $2::text[], $3::date[], $4::text[], $5::int[], $6::int[], $7::text[],"
+            " $8::int[])",
+            [r.message_id for r in requests],
+            [r.recipient for r in requests],
+            [r.day for r in requests],
+            [r.channel for r in requests],
+            [r.daily_cap for r in requests],
+            [r.channel_cap for r in requests],
+            [r.campaign_id for r in requests],
+            [r.campaign_cap for r in requests],
+        )
+        return {r["message_id"]: (None if r["granted"] else r["reason"]) for r in rows}
+
+    async def record(
+        self, outcomes: Sequence[Outcome], deliveries: Sequence[DeliveryRecord] = ()
+    ) -> None:
+        """Record each message's outcome, its event and its per-endpoint deliveries: one statement."""
         if not outcomes:
             return
         await self._pool.execute(
@@ -162,6 +268,12 @@ class Store:
             [1 if o.transient else 0 for o in outcomes],
             [orjson.dumps(o.detail).decode() if o.detail else None for o in outcomes],
             [o.at for o in outcomes],
+            [d.message_id for d in deliveries],
+            [d.address for d in deliveries],
+            [d.status for d in deliveries],
+            [d.reason for d in deliveries],
+            [d.provider_message_id for d in deliveries],
+            [d.at for d in deliveries],
         )
 
     async def accept(
@@ -213,7 +325,13 @@ class Store:
                 " WHERE message_id = $1 ORDER BY id",
                 message_id,
             )
+            deliveries = await conn.fetch(
+                "SELECT address, status, reason, provider_message_id, updated_at FROM deliveries"
+                " WHERE message_id = $1 ORDER BY address",
+                message_id,
+            )
         message = dict(row)
+        message["deliveries"] = [dict(d) for d in deliveries]
         message["events"] = [
             {
                 "status": e["status"],
@@ -224,3 +342,22 @@ class Store:
             for e in events
         ]
         return message
+
+
+def _claim(row: asyncpg.Record) -> Claim:
+    return Claim(
+        id=row["id"],
+        failures=row["failures"],
+        inserted=row["inserted"],
+        cap_granted=row["cap_granted"],
+        user_found=row["user_found"],
+        timezone=row["timezone"],
+        locale=row["locale"],
+        attributes=orjson.loads(row["attributes"]) if row["attributes"] else {},
+        endpoints=list(row["endpoints"]),
+        opted_out=frozenset(row["opted_out"]),
+        delivered=frozenset(row["delivered"]),
+        campaign_found=row["campaign_found"],
+        campaign_rules=orjson.loads(row["campaign_rules"]) if row["campaign_rules"] else None,
+        policy_rules=orjson.loads(row["policy_rules"]) if row["policy_rules"] else None,
+    )

@@ -96,7 +96,10 @@ async def amqp_connection(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractR
 @pytest.fixture
 async def clean(pg_pool: asyncpg.Pool, amqp_connection: Any) -> None:
     """Empty tables and empty gateway queues before the test."""
-    await pg_pool.execute("TRUNCATE messages, message_events")
+    await pg_pool.execute(
+        "TRUNCATE messages, message_events, users, endpoints, opt_outs, policy, campaigns,"
+        " daily_counters, campaign_counters, deliveries"
+    )
     channel = await amqp_connection.channel()
     await declare_topology(channel)
     for name in [*JOB_QUEUES, DEAD_QUEUE]:

@@ -1,0 +1,140 @@
+"""Send one ready message to each of its targets and fold the results into one outcome.
+
+The message is rendered once; each target gets its own copy. A ``user_id`` job also gets one
+:class:`~gateway.store.DeliveryRecord` per endpoint, so a retry only re-sends to the endpoints
+that did not finish. The message is ``sent`` when any endpoint took it, ``failed`` when none did
+and at least one failed for good, and ``deferred`` while some endpoint is worth another try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Mapping
+
+import structlog
+
+from adapters.base import Sender
+from adapters.errors import PermanentSendError, TransientSendError
+from gateway.decide import Ready, finish
+from gateway.errors import MessageFailed
+from gateway.jobs import utc_timestamp
+from gateway.outcomes import Outcome, Status, utcnow
+from gateway.prepare import prepare
+from gateway.render import Renderer
+from gateway.retry import backoff_seconds
+from gateway.settings import Settings
+from gateway.store import DeliveryRecord
+
+log = structlog.get_logger("gateway.dispatch")
+
+
+@dataclass(slots=True)
+class _Result:
+    address: str
+    status: str  # sent | failed | transient | suppressed
+    reason: str | None = None
+    provider_message_id: str | None = None
+    retry_after: float | None = None
+
+
+class Dispatcher:
+    """Renders and sends ready messages through the channel's sender."""
+
+    def __init__(
+        self, *, settings: Settings, senders: Mapping[str, Sender], renderer: Renderer
+    ) -> None:
+        self._settings = settings
+        self._senders = senders
+        self._renderer = renderer
+
+    async def dispatch(self, ready: Ready) -> tuple[Outcome, list[DeliveryRecord]]:
+        """Send to every target; return the message's outcome and its per-endpoint records."""
+        job, started = ready.incoming.job, time.perf_counter()
+        outcome = Outcome(job.id, job.channel.value, ready.incoming.kind, Status.sent, utcnow())
+        outcome.campaign_id = job.campaign_id
+        sender = self._senders.get(job.channel.value)
+        if sender is None:
+            return finish(outcome, Status.failed, f"no sender configured for {job.channel.value}"), []
+        try:
+            message = prepare(job, ready.targets[0], renderer=self._renderer, settings=self._settings)
+        except MessageFailed as exc:
+            return finish(outcome, Status.failed, exc.reason), []
+        results = await asyncio.gather(
+            *(self._send_one(sender, message, target, index) for index, target in enumerate(ready.targets))
+        )
+        results += [_Result(a, "suppressed", "opted_out") for a in ready.opted_out]
+        outcome.at = utcnow()
+        self._fold(outcome, results, ready.claim.failures + 1)
+        if outcome.status is Status.sent:
+            outcome.detail["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        records: list[DeliveryRecord] = []
+        if ready.incoming.recipient is None:  # a user_id job: one record per endpoint
+            records = [
+                DeliveryRecord(job.id, r.address, "deferred" if r.status == "transient" else r.status,
+                               r.reason, r.provider_message_id, outcome.at)
+                for r in results
+            ]
+            outcome.detail["deliveries"] = [
+                {"address": r.address, "status": r.status, **({"reason": r.reason} if r.reason else {})}
+                for r in records
+            ]
+        return outcome, records
+
+    async def _send_one(self, sender: Sender, message: object, target: str, index: int) -> _Result:
+        if index:
+            try:
+                message = prepare_copy(message, target)
+            except MessageFailed as exc:
+                return _Result(target, "failed", exc.reason)
+        try:
+            # Bounded well inside the claim's lease, so the scheduler never re-queues a message
+            # that is still being sent.
+            async with asyncio.timeout(self._settings.processing_lease_seconds / 2):
+                result = await sender.send(message)
+        except TimeoutError:
+            return _Result(target, "transient", "provider timed out")
+        except PermanentSendError as exc:
+            return _Result(target, "failed", exc.reason)
+        except TransientSendError as exc:
+            return _Result(target, "transient", exc.reason, retry_after=exc.retry_after)
+        except Exception as exc:  # an adapter bug must not kill the batch: retry, and say so
+            log.exception("adapter.unexpected_error", message_id=getattr(message, "message_id", None))
+            return _Result(target, "transient", f"adapter error: {exc}")
+        return _Result(target, "sent", provider_message_id=result.provider_message_id)
+
+    def _fold(self, outcome: Outcome, results: list[_Result], failures: int) -> None:
+        transient = [r for r in results if r.status == "transient"]
+        if transient and failures < self._settings.max_attempts:
+            outcome.transient = True
+            retry_after = max((r.retry_after or 0 for r in transient), default=0) or None
+            delay = backoff_seconds(
+                failures,
+                base=self._settings.retry_base_seconds,
+                cap=self._settings.retry_max_seconds,
+                retry_after=retry_after,
+            )
+            outcome.due_at = outcome.at + timedelta(seconds=delay)
+            outcome.detail = {"until": utc_timestamp(outcome.due_at), "attempt": failures}
+            finish(outcome, Status.deferred, transient[0].reason)
+            return
+        for r in transient:  # out of attempts: what was transient fails for good
+            outcome.transient = True
+            r.status, r.reason = "failed", f"{r.reason} (gave up after {failures} attempts)"
+        sent = [r for r in results if r.status == "sent"]
+        failed = [r for r in results if r.status == "failed"]
+        if sent:
+            outcome.provider_message_id = sent[0].provider_message_id
+            finish(outcome, Status.sent, None)
+        elif failed:
+            finish(outcome, Status.failed, failed[0].reason)
+        else:
+            finish(outcome, Status.suppressed, "opted_out")
+
+
+def prepare_copy(message: object, target: str) -> object:
+    """The same rendered message for another endpoint of the user."""
+    return dataclasses.replace(message, to=target)  # type: ignore[type-var]
