@@ -27,6 +27,9 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 BROKER = web.AppKey("broker", Broker)  # type: ignore[type-abstract]
 
+# Routes authenticated by a signature of their own instead of the bearer token.
+SIGNED_PREFIXES = ("/v1/status/", "/v1/inbound/", "/v1/unsubscribe/")
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -88,8 +91,12 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse ``/v1`` requests without the right bearer token (constant-time comparison)."""
-    if request.path.startswith("/v1/"):
+    """Refuse ``/v1`` requests without the right bearer token (constant-time comparison).
+
+    Provider webhooks and one-click unsubscribe links are called by others: they carry their
+    own proof (a provider signature, a signed token) and are checked by their handlers.
+    """
+    if request.path.startswith("/v1/") and not request.path.startswith(SIGNED_PREFIXES):
         expected = request.app[SETTINGS].token
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
@@ -184,6 +191,7 @@ def create_app(
     # Imported here, not at the top: these route modules build on this one (ApiError, STORE).
     from gateway.api_policy import policy_routes
     from gateway.api_recipients import recipient_routes
+    from gateway.api_status import status_routes
 
     app = web.Application(
         middlewares=[errors_as_json, bearer_auth], client_max_size=settings.max_request_bytes
@@ -199,6 +207,7 @@ def create_app(
             web.get("/readyz", readyz),
             *recipient_routes(),
             *policy_routes(),
+            *status_routes(),
             *extra_routes,
         ]
     )

@@ -7,7 +7,6 @@ process. Resources are built here and passed down; nothing is global.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import signal
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
@@ -17,7 +16,6 @@ import structlog
 from aiohttp import web
 
 from adapters.base import Sender
-from adapters.smtp import SmtpConfig, SmtpSender
 from gateway.amqp import AmqpBroker
 from gateway.api import create_app
 from gateway.broker import Broker
@@ -25,30 +23,11 @@ from gateway.intake import Intake
 from gateway.pipeline import Pipeline
 from gateway.render import Renderer
 from gateway.scheduler import Scheduler
+from gateway.senders import build_senders
 from gateway.settings import Settings
 from gateway.store import Store
 
 log = structlog.get_logger("gateway.app")
-
-
-def default_senders(settings: Settings) -> dict[str, Sender]:
-    """The production adapters configured by the settings (email over SMTP for now)."""
-    smtp = SmtpSender(
-        SmtpConfig(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            username=settings.smtp_username,
-            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-            tls=settings.smtp_tls.value,
-            timeout=settings.smtp_timeout_seconds,
-            pool_size=settings.smtp_pool_size,
-            ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
-            # Message-IDs in the sender's domain, as receiving filters expect.
-            message_id_domain=email.utils.parseaddr(settings.email_from)[1].rpartition("@")[2]
-            or None,
-        )
-    )
-    return {"email": smtp}
 
 
 @dataclass
@@ -59,7 +38,7 @@ class Gateway:
     consume: bool = True
     http: bool = True
     broker: Broker | None = None  # default: RabbitMQ at settings.amqp_url
-    senders: Mapping[str, Sender] | None = None  # default: default_senders(settings)
+    senders: Mapping[str, Sender] | None = None  # default: build_senders(settings)
     extra_routes: Iterable[web.AbstractRouteDef] = ()
     name: str = "gateway"
     _pool: asyncpg.Pool | None = field(default=None, init=False)
@@ -87,7 +66,7 @@ class Gateway:
                 settings.require("amqp_url").amqp_url or "", prefetch=settings.prefetch, name=self.name
             )
         if self.senders is None:
-            self.senders = default_senders(settings)
+            self.senders = build_senders(settings)
         if self.http:
             app = create_app(
                 settings=settings, store=store, broker=self.broker, extra_routes=self.extra_routes

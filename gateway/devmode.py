@@ -214,7 +214,10 @@ async def run_dev(*, port: int | None = None) -> int:
         configure_logging(settings.log_format, settings.log_level)
         await migrate(dsn)
         outbox = Outbox(path=data_dir / "outbox.jsonl")
-        senders = {ch: SandboxSender(channel=ch, outbox=outbox) for ch in ("email", "sms", "push")}
+        senders = {
+            key: SandboxSender(channel=key.partition(":")[0], outbox=outbox)
+            for key in ("email", "sms", "push:apns", "push:fcm")
+        }
         gateway = Gateway(
             settings,
             broker=MemoryBroker(prefetch=settings.prefetch),

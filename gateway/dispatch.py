@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Mapping
 
 import structlog
 
 from adapters.base import Sender
-from adapters.errors import PermanentSendError, TransientSendError
+from adapters.errors import (
+    InvalidTokenError,
+    OptedOutError,
+    PermanentSendError,
+    TransientSendError,
+)
 from gateway.decide import Ready, finish
 from gateway.errors import MessageFailed
 from gateway.jobs import utc_timestamp
@@ -27,7 +32,8 @@ from gateway.prepare import prepare
 from gateway.render import Renderer
 from gateway.retry import backoff_seconds
 from gateway.settings import Settings
-from gateway.store import DeliveryRecord
+from gateway.addresses import opt_out_key
+from gateway.store import DeliveryRecord, EndpointEffect
 
 log = structlog.get_logger("gateway.dispatch")
 
@@ -39,6 +45,16 @@ class _Result:
     reason: str | None = None
     provider_message_id: str | None = None
     retry_after: float | None = None
+    effect: str | None = None  # opted_out | token_invalid
+
+
+@dataclass(slots=True)
+class Dispatched:
+    """The outcome of one message, its per-endpoint records and what we learnt of endpoints."""
+
+    outcome: Outcome
+    records: list[DeliveryRecord] = field(default_factory=list)
+    effects: list[EndpointEffect] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -51,20 +67,20 @@ class Dispatcher:
         self._senders = senders
         self._renderer = renderer
 
-    async def dispatch(self, ready: Ready) -> tuple[Outcome, list[DeliveryRecord]]:
-        """Send to every target; return the message's outcome and its per-endpoint records."""
+    async def dispatch(self, ready: Ready) -> Dispatched:
+        """Send to every target; return the outcome, per-endpoint records and endpoint effects."""
         job, started = ready.incoming.job, time.perf_counter()
         outcome = Outcome(job.id, job.channel.value, ready.incoming.kind, Status.sent, utcnow())
         outcome.campaign_id = job.campaign_id
-        sender = self._senders.get(job.channel.value)
-        if sender is None:
-            return finish(outcome, Status.failed, f"no sender configured for {job.channel.value}"), []
         try:
             message = prepare(job, ready.targets[0], renderer=self._renderer, settings=self._settings)
         except MessageFailed as exc:
-            return finish(outcome, Status.failed, exc.reason), []
+            return Dispatched(finish(outcome, Status.failed, exc.reason))
         results = await asyncio.gather(
-            *(self._send_one(sender, message, target, index) for index, target in enumerate(ready.targets))
+            *(
+                self._send_one(self._sender_for(ready, target), message, target, index)
+                for index, target in enumerate(ready.targets)
+            )
         )
         results += [_Result(a, "suppressed", "opted_out") for a in ready.opted_out]
         outcome.at = utcnow()
@@ -82,9 +98,31 @@ class Dispatcher:
                 {"address": r.address, "status": r.status, **({"reason": r.reason} if r.reason else {})}
                 for r in records
             ]
-        return outcome, records
+        effects = [
+            EndpointEffect(r.effect, job.channel.value, r.address, _key(job.channel.value, r.address))
+            for r in results
+            if r.effect
+        ]
+        return Dispatched(outcome, records, effects)
 
-    async def _send_one(self, sender: Sender, message: object, target: str, index: int) -> _Result:
+    def _sender_for(self, ready: Ready, target: str) -> Sender | str:
+        """The sender for this target, or why there is none."""
+        channel = ready.incoming.job.channel.value
+        if channel != "push":
+            return self._senders.get(channel) or f"no sender configured for {channel}"
+        platform = ready.claim.platforms.get(target) or getattr(ready.incoming.job.to, "platform", None)
+        if platform is None:
+            configured = [key for key in self._senders if key.startswith("push:")]
+            if len(configured) != 1:
+                return "push to a raw address needs to.platform (apns or fcm)"
+            platform = configured[0].removeprefix("push:")
+        return self._senders.get(f"push:{platform}") or f"no sender configured for push ({platform})"
+
+    async def _send_one(
+        self, sender: Sender | str, message: object, target: str, index: int
+    ) -> _Result:
+        if isinstance(sender, str):
+            return _Result(target, "failed", sender)
         if index:
             try:
                 message = prepare_copy(message, target)
@@ -97,6 +135,10 @@ class Dispatcher:
                 result = await sender.send(message)
         except TimeoutError:
             return _Result(target, "transient", "provider timed out")
+        except OptedOutError as exc:
+            return _Result(target, "suppressed", f"opted_out ({exc.reason})", effect="opted_out")
+        except InvalidTokenError as exc:
+            return _Result(target, "failed", exc.reason, effect="token_invalid")
         except PermanentSendError as exc:
             return _Result(target, "failed", exc.reason)
         except TransientSendError as exc:
@@ -132,9 +174,17 @@ class Dispatcher:
         elif failed:
             finish(outcome, Status.failed, failed[0].reason)
         else:
-            finish(outcome, Status.suppressed, "opted_out")
+            suppressed = [r for r in results if r.status == "suppressed"]
+            finish(outcome, Status.suppressed, suppressed[0].reason if suppressed else "opted_out")
 
 
 def prepare_copy(message: object, target: str) -> object:
     """The same rendered message for another endpoint of the user."""
     return dataclasses.replace(message, to=target)  # type: ignore[type-var]
+
+
+def _key(channel: str, address: str) -> str:
+    try:
+        return opt_out_key(channel, address)
+    except MessageFailed:
+        return address

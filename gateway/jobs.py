@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AwareDatetime,
@@ -46,6 +46,9 @@ class ToAddress(_Strict):
     """A raw address: an email address, an E.164 phone number or a device token."""
 
     address: Annotated[str, Field(min_length=1, max_length=512)]
+    platform: Literal["apns", "fcm"] | None = Field(
+        None, description="For a raw push token: which push service it belongs to"
+    )
 
 
 class ToUser(_Strict):

@@ -26,6 +26,8 @@ class Status(str, Enum):
     suppressed = "suppressed"
     deferred = "deferred"
     expired = "expired"
+    delivered = "delivered"  # from a provider's receipt, after sent
+    undelivered = "undelivered"
 
 
 FINAL = frozenset({Status.sent, Status.failed, Status.suppressed, Status.expired})

@@ -10,10 +10,12 @@ batch goes back to the queue.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Mapping, Sequence
 
 import asyncpg
+import orjson
 import structlog
 
 from adapters.base import Sender
@@ -22,11 +24,11 @@ from gateway.broker import Broker, Delivery, kind_from_routing_key
 from gateway.decide import Incoming, Ready, decide, finish
 from gateway.dispatch import Dispatcher
 from gateway.errors import InvalidJob, MessageFailed
-from gateway.jobs import Job, Kind, parse_job
+from gateway.jobs import Job, Kind, parse_job, utc_timestamp
 from gateway.outcomes import Outcome, Status, event_body, utcnow
 from gateway.render import Renderer
 from gateway.settings import Settings
-from gateway.store import DeliveryRecord, NewMessage, Store
+from gateway.store import DeliveryRecord, EndpointEffect, NewMessage, Store
 
 log = structlog.get_logger("gateway.pipeline")
 
@@ -80,11 +82,13 @@ class Pipeline:
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
         outcomes = [d for d in decided if isinstance(d, Outcome)]
         deliveries: list[DeliveryRecord] = []
-        for outcome, records in await asyncio.gather(*(self._dispatcher.dispatch(r) for r in ready)):
-            outcomes.append(outcome)
-            deliveries += records
+        effects: list[EndpointEffect] = []
+        for done in await asyncio.gather(*(self._dispatcher.dispatch(r) for r in ready)):
+            outcomes.append(done.outcome)
+            deliveries += done.records
+            effects += [replace(e, message_id=done.outcome.message_id) for e in done.effects]
         try:
-            await self._record(outcomes, deliveries)
+            await self._record(outcomes, deliveries, effects)
         except _DB_ERRORS as exc:
             # Sent but not recorded: the claims stay "processing" until their lease lapses, then
             # the scheduler re-queues them (a duplicate send, bounded by this batch).
@@ -92,6 +96,7 @@ class Pipeline:
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
         events = [accepted_event(unique[c.id].job, unique[c.id].kind, now) for c in claims if c.inserted]
         events += [o.event() for o in outcomes]
+        events += [endpoint_event(e, now) for e in effects]
         try:
             await self._broker.publish_events(events)
         except Exception as exc:  # outcomes are committed: a lost event must not resend anything
@@ -120,17 +125,22 @@ class Pipeline:
             decided[index] = finish(refused, Status.suppressed, reason)
         return granted
 
-    async def _record(self, outcomes: Sequence[Outcome], deliveries: Sequence[DeliveryRecord]) -> None:
+    async def _record(
+        self,
+        outcomes: Sequence[Outcome],
+        deliveries: Sequence[DeliveryRecord],
+        effects: Sequence[EndpointEffect],
+    ) -> None:
         # These messages were handed to providers: their outcomes are worth waiting for, since
         # giving up means sending them again later. Retry through a short outage.
         for delay in _RECORD_RETRIES:
             try:
-                await self._store.record(outcomes, deliveries)
+                await self._store.record(outcomes, deliveries, effects)
                 return
             except _DB_ERRORS as exc:
                 log.warning("pipeline.record_retry", error=f"{type(exc).__name__}: {exc}", count=len(outcomes))
                 await asyncio.sleep(delay)
-        await self._store.record(outcomes, deliveries)
+        await self._store.record(outcomes, deliveries, effects)
 
     async def _parse(self, batch: Sequence[Delivery]) -> list[Incoming]:
         parsed: list[Incoming] = []
@@ -171,6 +181,19 @@ def accepted_event(job: Job, kind: str, at: datetime) -> tuple[str, bytes]:
         at=at,
         campaign_id=job.campaign_id,
     )
+
+
+def endpoint_event(effect: EndpointEffect, at: datetime) -> tuple[str, bytes]:
+    """``endpoint.opted_out`` or ``endpoint.token_invalid``, learnt from a provider's answer."""
+    body = {
+        "event": f"endpoint.{effect.kind}",
+        "channel": effect.channel,
+        "address": effect.address,
+        "message_id": effect.message_id,
+        "source": "provider",
+        "timestamp": utc_timestamp(at),
+    }
+    return f"endpoint.{effect.kind}", orjson.dumps(body)
 
 
 def _new_message(item: Incoming) -> NewMessage:

@@ -43,6 +43,10 @@ SELECT c.id, c.failures, c.cap_granted, c.inserted,
        coalesce((SELECT array_agg(e.address ORDER BY e.created_at, e.address) FROM endpoints e
                  WHERE e.user_id = i.user_id AND e.channel = i.channel AND e.active), '{}')
            AS endpoints,
+       coalesce((SELECT array_agg(coalesce(e.platform, '') ORDER BY e.created_at, e.address)
+                 FROM endpoints e
+                 WHERE e.user_id = i.user_id AND e.channel = i.channel AND e.active), '{}')
+           AS platforms,
        -- Opt-outs keep email addresses wholly in lower case (Jane@ and jane@ are one person).
        coalesce((SELECT array_agg(a.address) FROM (
                      SELECT i.recipient AS address WHERE i.recipient IS NOT NULL
@@ -85,6 +89,16 @@ WITH input AS (
         SET status = EXCLUDED.status, reason = EXCLUDED.reason,
             provider_message_id = coalesce(EXCLUDED.provider_message_id, d.provider_message_id),
             updated_at = EXCLUDED.updated_at
+), opted_out AS (
+    -- Providers' word that an address opted out (Twilio 21610) is kept like any other.
+    INSERT INTO opt_outs (channel, address, source)
+    SELECT * FROM unnest($15::text[], $16::text[], $17::text[])
+    ON CONFLICT DO NOTHING
+), dead_tokens AS (
+    -- A device token the push service calls dead is never tried again.
+    UPDATE endpoints e SET active = false
+    FROM unnest($18::text[]) AS t(address)
+    WHERE e.channel = 'push' AND e.address = t.address AND e.active
 )
 INSERT INTO message_events (message_id, status, reason, detail, created_at)
 SELECT id, status, reason, detail::jsonb, at FROM input
@@ -151,6 +165,7 @@ class Claim:
     locale: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     endpoints: list[str] = field(default_factory=list)
+    platforms: dict[str, str] = field(default_factory=dict)  # push endpoint -> apns | fcm
     opted_out: frozenset[str] = frozenset()
     delivered: frozenset[str] = frozenset()
     campaign_found: bool = False
@@ -170,6 +185,17 @@ class CapRequest:
     channel_cap: int | None
     campaign_id: str | None
     campaign_cap: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointEffect:
+    """What a provider told us about an address: it ``opted_out`` or its token is dead."""
+
+    kind: str  # opted_out | token_invalid
+    channel: str
+    address: str
+    key: str  # the address as opt-outs store it
+    message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,9 +279,14 @@ class Store:
         return {r["message_id"]: (None if r["granted"] else r["reason"]) for r in rows}
 
     async def record(
-        self, outcomes: Sequence[Outcome], deliveries: Sequence[DeliveryRecord] = ()
+        self,
+        outcomes: Sequence[Outcome],
+        deliveries: Sequence[DeliveryRecord] = (),
+        effects: Sequence[EndpointEffect] = (),
     ) -> None:
-        """Record each message's outcome, its event and its per-endpoint deliveries: one statement."""
+        """Record outcomes, events, per-endpoint deliveries and endpoint effects: one statement."""
+        opt_outs = [e for e in effects if e.kind == "opted_out"]
+        dead = [e.address for e in effects if e.kind == "token_invalid"]
         if not outcomes:
             return
         await self._pool.execute(
@@ -274,6 +305,10 @@ class Store:
             [d.reason for d in deliveries],
             [d.provider_message_id for d in deliveries],
             [d.at for d in deliveries],
+            [e.channel for e in opt_outs],
+            [e.key for e in opt_outs],
+            ["provider" for _ in opt_outs],
+            dead,
         )
 
     async def accept(
@@ -355,6 +390,7 @@ def _claim(row: asyncpg.Record) -> Claim:
         locale=row["locale"],
         attributes=orjson.loads(row["attributes"]) if row["attributes"] else {},
         endpoints=list(row["endpoints"]),
+        platforms={a: p for a, p in zip(row["endpoints"], row["platforms"]) if p},
         opted_out=frozenset(row["opted_out"]),
         delivered=frozenset(row["delivered"]),
         campaign_found=row["campaign_found"],

@@ -29,7 +29,7 @@ def email_job(job_id: str, to: str = "jane@example.com", **extra: Any) -> dict[s
 
 
 def statuses(events: list[dict[str, Any]], message_id: str) -> list[str]:
-    return [e["status"] for e in events if e["message_id"] == message_id]
+    return [e["status"] for e in events if e.get("message_id") == message_id and "status" in e]
 
 
 async def test_job_published_arrives_by_smtp_with_headers_and_bodies(
