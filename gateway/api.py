@@ -13,11 +13,12 @@ import orjson
 import structlog
 from aiohttp import web
 
+from adapters.base import Sender
 from gateway.broker import Broker, routing_key_for
 from gateway.errors import InvalidJob
 from gateway.jobs import Kind, parse_job, utc_timestamp
 from gateway.outcomes import utcnow
-from gateway.pipeline import accepted_event
+from gateway.pipeline import accepted_event, recipient_of
 from gateway.settings import Settings
 from gateway.store import NewMessage, Store
 
@@ -26,6 +27,8 @@ log = structlog.get_logger("gateway.api")
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 BROKER = web.AppKey("broker", Broker)  # type: ignore[type-abstract]
+# The adapters by channel key (gateway.senders): inbound webhooks reply through "sms".
+SENDERS: web.AppKey[Mapping[str, Sender]] = web.AppKey("senders")
 
 # Routes authenticated by a signature of their own instead of the bearer token.
 SIGNED_PREFIXES = ("/v1/status/", "/v1/inbound/", "/v1/unsubscribe/")
@@ -124,7 +127,7 @@ async def post_message(request: web.Request) -> web.Response:
             channel=job.channel.value,
             kind=kind,
             job_json=body.decode(),
-            recipient=job.address,
+            recipient=recipient_of(job),
             campaign_id=job.campaign_id,
             send_at=job.send_at,
             expires_at=job.expires_at,
@@ -185,13 +188,18 @@ def create_app(
     settings: Settings,
     store: Store,
     broker: Broker,
+    senders: Mapping[str, Sender] | None = None,
     extra_routes: Iterable[web.AbstractRouteDef] = (),
 ) -> web.Application:
     """The aiohttp application, from ready resources (the caller owns their lifecycle)."""
     # Imported here, not at the top: these route modules build on this one (ApiError, STORE).
+    from gateway.api_inbound import inbound_routes
+    from gateway.api_numbers import number_routes
     from gateway.api_policy import policy_routes
     from gateway.api_recipients import recipient_routes
     from gateway.api_status import status_routes
+    from gateway.api_templates import template_routes
+    from gateway.api_unsubscribe import unsubscribe_routes
 
     app = web.Application(
         middlewares=[errors_as_json, bearer_auth], client_max_size=settings.max_request_bytes
@@ -199,6 +207,7 @@ def create_app(
     app[SETTINGS] = settings
     app[STORE] = store
     app[BROKER] = broker
+    app[SENDERS] = senders or {}
     app.add_routes(
         [
             web.post("/v1/messages", post_message),
@@ -208,6 +217,10 @@ def create_app(
             *recipient_routes(),
             *policy_routes(),
             *status_routes(),
+            *number_routes(),
+            *inbound_routes(),
+            *template_routes(),
+            *unsubscribe_routes(),
             *extra_routes,
         ]
     )

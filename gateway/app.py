@@ -69,7 +69,11 @@ class Gateway:
             self.senders = build_senders(settings)
         if self.http:
             app = create_app(
-                settings=settings, store=store, broker=self.broker, extra_routes=self.extra_routes
+                settings=settings,
+                store=store,
+                broker=self.broker,
+                senders=self.senders,
+                extra_routes=self.extra_routes,
             )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._runner.setup()

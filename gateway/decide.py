@@ -18,6 +18,7 @@ from gateway.outcomes import Outcome, Status
 from gateway.policy import local_day, quiet_hours_end, resolve_zone
 from gateway.rules import CampaignRules, Limits, effective_daily_cap, effective_quiet_hours
 from gateway.store import CapRequest, Claim
+from gateway.templates import TemplateVersion
 
 
 @dataclass(slots=True)
@@ -39,6 +40,7 @@ class Ready:
     targets: list[str]
     opted_out: list[str] = field(default_factory=list)
     cap: CapRequest | None = None
+    template: TemplateVersion | None = None  # loaded for the batch when the job names one
 
 
 def decide(incoming: Incoming, claim: Claim, now: datetime) -> Outcome | Ready:

@@ -9,7 +9,6 @@ and at least one failed for good, and ``deferred`` while some endpoint is worth 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -17,7 +16,7 @@ from typing import Mapping
 
 import structlog
 
-from adapters.base import Sender
+from adapters.base import Outbound, OutboundSms, Sender
 from adapters.errors import (
     InvalidTokenError,
     OptedOutError,
@@ -28,7 +27,8 @@ from gateway.decide import Ready, finish
 from gateway.errors import MessageFailed
 from gateway.jobs import utc_timestamp
 from gateway.outcomes import Outcome, Status, utcnow
-from gateway.prepare import prepare
+from gateway.prepare import prepare, readdress
+from gateway.segments import sms_segments
 from gateway.render import Renderer
 from gateway.retry import backoff_seconds
 from gateway.settings import Settings
@@ -72,13 +72,23 @@ class Dispatcher:
         job, started = ready.incoming.job, time.perf_counter()
         outcome = Outcome(job.id, job.channel.value, ready.incoming.kind, Status.sent, utcnow())
         outcome.campaign_id = job.campaign_id
+        promotional = ready.incoming.kind == "promotional"
         try:
-            message = prepare(job, ready.targets[0], renderer=self._renderer, settings=self._settings)
+            message = prepare(
+                job,
+                ready.targets[0],
+                renderer=self._renderer,
+                settings=self._settings,
+                template=ready.template,
+                user_attributes=ready.claim.attributes,
+                user_locale=ready.claim.locale,
+                promotional=promotional,
+            )
         except MessageFailed as exc:
             return Dispatched(finish(outcome, Status.failed, exc.reason))
         results = await asyncio.gather(
             *(
-                self._send_one(self._sender_for(ready, target), message, target, index)
+                self._send_one(self._sender_for(ready, target), message, target, index, promotional)
                 for index, target in enumerate(ready.targets)
             )
         )
@@ -87,6 +97,11 @@ class Dispatcher:
         self._fold(outcome, results, ready.claim.failures + 1)
         if outcome.status is Status.sent:
             outcome.detail["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
+            if isinstance(message, OutboundSms):
+                encoding, segments = sms_segments(message.body)
+                outcome.detail.update(encoding=encoding, segments=segments)
+            if ready.template is not None:
+                outcome.detail.update(template=ready.template.name, template_version=ready.template.version)
         records: list[DeliveryRecord] = []
         if ready.incoming.recipient is None:  # a user_id job: one record per endpoint
             records = [
@@ -119,13 +134,13 @@ class Dispatcher:
         return self._senders.get(f"push:{platform}") or f"no sender configured for push ({platform})"
 
     async def _send_one(
-        self, sender: Sender | str, message: object, target: str, index: int
+        self, sender: Sender | str, message: Outbound, target: str, index: int, promotional: bool
     ) -> _Result:
         if isinstance(sender, str):
             return _Result(target, "failed", sender)
         if index:
             try:
-                message = prepare_copy(message, target)
+                message = readdress(message, target, settings=self._settings, promotional=promotional)
             except MessageFailed as exc:
                 return _Result(target, "failed", exc.reason)
         try:
@@ -176,11 +191,6 @@ class Dispatcher:
         else:
             suppressed = [r for r in results if r.status == "suppressed"]
             finish(outcome, Status.suppressed, suppressed[0].reason if suppressed else "opted_out")
-
-
-def prepare_copy(message: object, target: str) -> object:
-    """The same rendered message for another endpoint of the user."""
-    return dataclasses.replace(message, to=target)  # type: ignore[type-var]
 
 
 def _key(channel: str, address: str) -> str:

@@ -84,6 +84,9 @@ class PushContent(_Strict):
     body: str | None = None
     data: dict[str, Any] | None = None
     silent: bool = False
+    collapse_id: str | None = Field(
+        None, min_length=1, max_length=64, description="Replaces an undelivered push with the same id"
+    )
 
 
 Content = Union[EmailContent, SmsContent, PushContent]
@@ -111,6 +114,12 @@ class Job(_Strict):
         None, description="Inline content; its shape depends on channel (see $defs)"
     )
     template: str | None = Field(None, min_length=1, max_length=200)
+    template_version: int | None = Field(
+        None, ge=1, description="Pin a template version (default: the latest when processed)"
+    )
+    locale: str | None = Field(
+        None, min_length=2, max_length=35, description="Template locale, e.g. pt-BR"
+    )
     data: dict[str, Any] = Field(default_factory=dict, description="Template variables")
     campaign_id: str | None = Field(None, min_length=1, max_length=128)
     send_at: AwareDatetime | None = None
@@ -122,6 +131,8 @@ class Job(_Strict):
     def _content_xor_template(self) -> "Job":
         if (self.content is None) == (self.template is None):
             raise ValueError("give exactly one of content and template")
+        if self.template_version is not None and self.template is None:
+            raise ValueError("template_version needs template")
         if self.content is not None:
             # Checked here (not with a union) so the error names the channel's shape.
             try:

@@ -1,8 +1,10 @@
 """Opt-outs: addresses that asked not to be contacted on a channel, and their SQL.
 
-An opt-out is keyed by channel and normalised address, records where it came from and when,
-and is never purged. Listing pages through them with an opaque keyset cursor over
-``(created_at, channel, address)``: stable under concurrent inserts, no offsets.
+An opt-out is keyed by channel, normalised address and scope, records where it came from and
+when, and is never purged. This module (and ``/v1/opt-outs``) works on scope ``''``, the opt-outs
+that cover every number of ours; an SMS opt-out scoped to one of our numbers is made and undone
+by keywords only (:mod:`gateway.inbound`). Listing pages through them with an opaque keyset
+cursor over ``(created_at, channel, address)``: stable under concurrent inserts, no offsets.
 """
 
 from __future__ import annotations
@@ -60,13 +62,13 @@ class Cursor:
 _ADD = """
 WITH added AS (
     INSERT INTO opt_outs (channel, address, source) VALUES ($1, $2, $3)
-    ON CONFLICT (channel, address) DO NOTHING
+    ON CONFLICT (channel, address, scope) DO NOTHING
     RETURNING channel, address, source, created_at
 )
 SELECT *, true AS created FROM added
 UNION ALL
 SELECT channel, address, source, created_at, false FROM opt_outs
-WHERE channel = $1 AND address = $2
+WHERE channel = $1 AND address = $2 AND scope = ''
 """
 
 
@@ -92,7 +94,7 @@ class OptOuts:
         """The entry for the (normalised) address, or ``None`` when it is not opted out."""
         row = await self._pool.fetchrow(
             "SELECT channel, address, source, created_at FROM opt_outs"
-            " WHERE channel = $1 AND address = $2",
+            " WHERE channel = $1 AND address = $2 AND scope = ''",
             channel,
             address,
         )
@@ -101,7 +103,8 @@ class OptOuts:
     async def remove(self, channel: str, address: str) -> bool:
         """Opt the address back in; whether it was opted out."""
         found = await self._pool.fetchval(
-            "DELETE FROM opt_outs WHERE channel = $1 AND address = $2 RETURNING true",
+            "DELETE FROM opt_outs WHERE channel = $1 AND address = $2 AND scope = ''"
+            " RETURNING true",
             channel,
             address,
         )
@@ -112,7 +115,8 @@ class OptOuts:
     ) -> tuple[list[dict[str, Any]], Cursor | None]:
         """Up to ``limit`` entries after ``after`` in key order, and the cursor of the next
         page (``None`` on the last one)."""
-        conditions: list[str] = []
+        # Scope '' only: (created_at, channel, address) is then unique, as the cursor needs.
+        conditions: list[str] = ["scope = ''"]
         args: list[Any] = []
         if channel is not None:
             args.append(channel)
@@ -125,7 +129,7 @@ class OptOuts:
             # (channel, created_at, address) seeks to the cursor instead of scanning from the start.
             conditions.append(f"created_at >= ${n - 2}")
         args.append(limit + 1)  # one more than asked tells whether a next page exists
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        where = f"WHERE {' AND '.join(conditions)}"
         rows = await self._pool.fetch(
             f"SELECT channel, address, source, created_at FROM opt_outs {where}"
             f" ORDER BY created_at, channel, address LIMIT ${len(args)}",

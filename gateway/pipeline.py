@@ -19,7 +19,7 @@ import orjson
 import structlog
 
 from adapters.base import Sender
-from gateway.addresses import normalise_address
+from gateway.addresses import normalise_address, normalise_phone
 from gateway.broker import Broker, Delivery, kind_from_routing_key
 from gateway.decide import Incoming, Ready, decide, finish
 from gateway.dispatch import Dispatcher
@@ -29,6 +29,7 @@ from gateway.outcomes import Outcome, Status, event_body, utcnow
 from gateway.render import Renderer
 from gateway.settings import Settings
 from gateway.store import DeliveryRecord, EndpointEffect, NewMessage, Store
+from gateway.templates import TemplateCache, load_many, not_found_reason
 
 log = structlog.get_logger("gateway.pipeline")
 
@@ -58,6 +59,7 @@ class Pipeline:
         self._store = store
         self._broker = broker
         self._dispatcher = Dispatcher(settings=settings, senders=senders, renderer=renderer)
+        self._templates = TemplateCache()
 
     async def process(self, batch: Sequence[Delivery]) -> None:
         """Process and settle every delivery of ``batch``; raise BackendUnavailable on DB failure."""
@@ -70,11 +72,12 @@ class Pipeline:
             unique.setdefault(item.job.id, item)
         try:
             claims = await self._store.claim(
-                [_new_message(p) for p in unique.values()],
+                [_new_message(p, self._settings.sms_from) for p in unique.values()],
                 lease_until=now + timedelta(seconds=self._settings.processing_lease_seconds),
                 now=now,
             )
             decided = [decide(unique[c.id], c, utcnow()) for c in claims]
+            await self._load_templates(decided)
             ready = await self._grant(decided)
         except _DB_ERRORS as exc:
             # Nothing was sent: the whole batch goes back to the queue.
@@ -106,6 +109,27 @@ class Pipeline:
         await asyncio.gather(*(p.delivery.ack() for p in parsed))
         for outcome in outcomes:
             _log_outcome(outcome, unique[outcome.message_id])
+
+    async def _load_templates(self, decided: list[Outcome | Ready]) -> None:
+        """Load the batch's templates in one query (immutable versions come from the cache)."""
+        wanted = {
+            (d.incoming.job.template, d.incoming.job.template_version): d
+            for d in decided
+            if isinstance(d, Ready) and d.incoming.job.template is not None
+        }
+        if not wanted:
+            return
+        found = await load_many(self._store.pool, set(wanted), cache=self._templates)  # type: ignore[arg-type]
+        for index, item in enumerate(decided):
+            if not isinstance(item, Ready) or item.incoming.job.template is None:
+                continue
+            key = (item.incoming.job.template, item.incoming.job.template_version)
+            item.template = found.get(key)
+            if item.template is None:
+                job = item.incoming.job
+                missing = Outcome(job.id, job.channel.value, item.incoming.kind, Status.failed, utcnow())
+                missing.campaign_id = job.campaign_id
+                decided[index] = finish(missing, Status.failed, not_found_reason(key))
 
     async def _grant(self, decided: list[Outcome | Ready]) -> list[Ready]:
         """Ask for every cap slot of the batch at once; turn refusals into suppressed outcomes."""
@@ -152,7 +176,7 @@ class Pipeline:
                 dead.append((delivery, exc.reason))
                 continue
             kind = kind_from_routing_key(delivery.routing_key) or (job.kind or Kind.promotional).value
-            parsed.append(Incoming(delivery, job, kind, _recipient(job)))
+            parsed.append(Incoming(delivery, job, kind, recipient_of(job)))
         if dead:
             await asyncio.gather(*(self._broker.dead_letter(d, reason) for d, reason in dead))
             await asyncio.gather(*(d.ack() for d, _ in dead))
@@ -161,7 +185,7 @@ class Pipeline:
         return parsed
 
 
-def _recipient(job: Job) -> str | None:
+def recipient_of(job: Job) -> str | None:
     """The raw address in its normal form (as opt-outs store it); as given when it is invalid."""
     if job.address is None:
         return None
@@ -196,8 +220,14 @@ def endpoint_event(effect: EndpointEffect, at: datetime) -> tuple[str, bytes]:
     return f"endpoint.{effect.kind}", orjson.dumps(body)
 
 
-def _new_message(item: Incoming) -> NewMessage:
+def _new_message(item: Incoming, default_sms_from: str | None) -> NewMessage:
     job = item.job
+    sender = None
+    if job.channel.value == "sms":
+        try:
+            sender = normalise_phone(job.from_ or default_sms_from or "")
+        except MessageFailed:
+            sender = job.from_ or default_sms_from
     return NewMessage(
         id=job.id,
         channel=job.channel.value,
@@ -208,6 +238,7 @@ def _new_message(item: Incoming) -> NewMessage:
         send_at=job.send_at,
         expires_at=job.expires_at,
         user_id=getattr(job.to, "user_id", None),
+        sender=sender,
     )
 
 

@@ -2,25 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Mapping
 
 from adapters.base import Outbound, OutboundEmail, OutboundPush, OutboundSms
 from gateway.addresses import normalise_email, normalise_phone
 from gateway.errors import MessageFailed
 from gateway.jobs import Channel, EmailContent, Job, PushContent, SmsContent
 from gateway.render import Renderer, html_to_text
+from gateway.template_render import RenderedParts, render_template
+from gateway.templates import TemplateVersion
+from gateway.unsubscribe import unsubscribe_headers
 from gateway.settings import Settings
 
 
-def prepare(job: Job, address: str, *, renderer: Renderer, settings: Settings) -> Outbound:
-    """The rendered message for ``job`` to ``address``; raise :class:`MessageFailed` if impossible."""
+def prepare(
+    job: Job,
+    address: str,
+    *,
+    renderer: Renderer,
+    settings: Settings,
+    template: TemplateVersion | None = None,
+    user_attributes: Mapping[str, Any] | None = None,
+    user_locale: str | None = None,
+    promotional: bool = False,
+) -> Outbound:
+    """The rendered message for ``job`` to ``address``; raise :class:`MessageFailed` if impossible.
+
+    A stored ``template`` is rendered with the job's data, the user's attributes (``user.*``) and
+    the template's defaults; inline content with the job's data.
+    """
     if job.template is not None:
-        raise MessageFailed(f"unknown template {job.template!r}")
+        if template is None:
+            raise MessageFailed(f"unknown template {job.template!r}")
+        parts = render_template(
+            renderer,
+            template,
+            job.channel.value,
+            data=job.data,
+            user_attributes=user_attributes,
+            user_locale=user_locale,
+            locale=job.locale,
+        )
+        return _from_parts(job, address, parts, settings, promotional)
     content = job.typed_content()
     data = job.data
     if job.channel is Channel.email:
         assert isinstance(content, EmailContent)
-        return _email(job, normalise_email(address), content, data, renderer, settings)
+        email = _email(job, normalise_email(address), content, data, renderer, settings)
+        return _with_unsubscribe(email, settings) if promotional else email
     if job.channel is Channel.sms:
         assert isinstance(content, SmsContent)
         body = renderer.render(content.body, data, part="body", is_html=False)
@@ -33,6 +63,8 @@ def prepare(job: Job, address: str, *, renderer: Renderer, settings: Settings) -
         body=_maybe(renderer, content.body, data, "body"),
         data=content.data,
         silent=content.silent,
+        expires_at=job.expires_at,
+        collapse_id=content.collapse_id,
     )
 
 
@@ -63,3 +95,49 @@ def _maybe(
     renderer: Renderer, source: str | None, data: dict[str, Any], part: str, *, is_html: bool = False
 ) -> str | None:
     return None if source is None else renderer.render(source, data, part=part, is_html=is_html)
+
+
+def _from_parts(
+    job: Job, address: str, parts: RenderedParts, settings: Settings, promotional: bool
+) -> Outbound:
+    """The outbound message from a rendered template (never rendered a second time)."""
+    if job.channel is Channel.email:
+        email = OutboundEmail(
+            message_id=job.id,
+            to=normalise_email(address),
+            from_=job.from_ or settings.email_from,
+            subject=parts.subject or "",
+            text=parts.text,
+            html=parts.html,
+        )
+        return _with_unsubscribe(email, settings) if promotional else email
+    if job.channel is Channel.sms:
+        if not parts.body:
+            raise MessageFailed(f"template {parts.name!r} v{parts.version} has no sms body")
+        return OutboundSms(message_id=job.id, to=normalise_phone(address), from_=job.from_, body=parts.body)
+    return OutboundPush(
+        message_id=job.id,
+        to=address.strip(),
+        title=parts.title,
+        body=parts.body,
+        data=parts.data,
+        silent=parts.silent,
+        expires_at=job.expires_at,
+    )
+
+
+def _with_unsubscribe(email: OutboundEmail, settings: Settings) -> OutboundEmail:
+    """Promotional email carries RFC 8058 one-click unsubscribe headers (when configured)."""
+    headers = unsubscribe_headers(settings, email.to)
+    return dataclasses.replace(email, headers={**email.headers, **headers}) if headers else email
+
+
+def readdress(message: Outbound, address: str, *, settings: Settings, promotional: bool) -> Outbound:
+    """The same rendered message for another endpoint of the user (its own unsubscribe link)."""
+    if isinstance(message, OutboundEmail):
+        headers = {k: v for k, v in message.headers.items() if not k.startswith("List-Unsubscribe")}
+        email = dataclasses.replace(message, to=normalise_email(address), headers=headers)
+        return _with_unsubscribe(email, settings) if promotional else email
+    if isinstance(message, OutboundSms):
+        return dataclasses.replace(message, to=normalise_phone(address))
+    return dataclasses.replace(message, to=address.strip())

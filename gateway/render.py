@@ -32,10 +32,8 @@ class Renderer:
 
     def render(self, source: str, data: Mapping[str, Any], *, part: str, is_html: bool) -> str:
         """Render ``source`` with ``data``; raise :class:`MessageFailed` naming ``part`` on error."""
-        if not any(marker in source for marker in _SYNTAX):
-            return source
         try:
-            return self._compiled(source, is_html).render(data)
+            return self.render_raw(source, data, is_html=is_html)
         except jinja2.TemplateSyntaxError as exc:
             raise MessageFailed(f"template syntax error in {part} line {exc.lineno}: {exc.message}")
         except jinja2.UndefinedError as exc:
@@ -44,6 +42,18 @@ class Renderer:
             raise MessageFailed(f"template refused in {part}: {exc}")
         except Exception as exc:  # any error raised by template code fails this message only
             raise MessageFailed(f"template error in {part}: {type(exc).__name__}: {exc}")
+
+    def render_raw(self, source: str, data: Mapping[str, Any], *, is_html: bool) -> str:
+        """Render ``source`` with ``data``, letting Jinja's errors through to a caller that words
+        its own reason (see :func:`describe_error`)."""
+        if not any(marker in source for marker in _SYNTAX):
+            return source
+        return self._compiled(source, is_html).render(data)
+
+    def compile(self, source: str, *, is_html: bool) -> None:
+        """Compile ``source`` in the environment it will render in (and cache it); raise
+        ``jinja2.TemplateSyntaxError`` if it is not a valid template."""
+        self._compiled(source, is_html)
 
     def _compiled(self, source: str, is_html: bool) -> jinja2.Template:
         key = (is_html, source)
@@ -57,6 +67,18 @@ class Renderer:
         else:
             self._cache.move_to_end(key)
         return template
+
+
+def describe_error(exc: Exception) -> str:
+    """One line for an error raised by :meth:`Renderer.render_raw` or :meth:`Renderer.compile`:
+    ``line 3: unexpected '}'``, ``'first_name' is undefined``, ``refused: ...``."""
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return f"line {exc.lineno}: {exc.message}"
+    if isinstance(exc, jinja2.exceptions.SecurityError):
+        return f"refused: {exc}"
+    if isinstance(exc, jinja2.UndefinedError):
+        return str(exc.message)
+    return f"{type(exc).__name__}: {exc}"
 
 
 # A run of block tags, opening or closing, is one line break ("a<ul><li>b" is not "ab"); a

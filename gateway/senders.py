@@ -10,7 +10,9 @@ import email.utils
 
 from adapters.apns import ApnsSender, load_apns_config
 from adapters.base import Sender
+from adapters.breaker import CircuitBreaker
 from adapters.fcm import FcmSender, load_fcm_config
+from adapters.guarded import GuardedSender
 from adapters.smtp import SmtpConfig, SmtpSender
 from adapters.twilio import TwilioConfig, TwilioSender, status_callback_url
 from gateway.settings import ConfigError, Settings
@@ -23,12 +25,21 @@ def build_senders(settings: Settings) -> dict[str, Sender]:
         senders["sms"] = _twilio(settings)
     try:
         if settings.apns_key_file:
-            senders["push:apns"] = _apns(settings)
+            senders["push:apns"] = _guarded(_apns(settings), "apns", settings)
         if settings.fcm_credentials_file:
-            senders["push:fcm"] = _fcm(settings)
+            senders["push:fcm"] = _guarded(_fcm(settings), "fcm", settings)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"configuration error: push credentials: {exc}") from None
     return senders
+
+
+def _guarded(sender: Sender, name: str, settings: Settings) -> GuardedSender:
+    breaker = CircuitBreaker(
+        settings.breaker_failure_threshold, settings.breaker_reset_seconds, name=name
+    )
+    return GuardedSender(
+        sender, rate=settings.push_rate_per_second, burst=settings.push_burst, breaker=breaker
+    )
 
 
 def _smtp(settings: Settings) -> SmtpSender:

@@ -127,7 +127,41 @@ class Settings(BaseSettings):
     push_max_concurrency: int = Field(
         200, ge=1, le=10_000, description="Pushes in flight per provider and process"
     )
+    push_rate_per_second: float = Field(
+        1000.0, gt=0, description="Token-bucket rate per push provider and process"
+    )
+    push_burst: int = Field(100, ge=1, description="Token-bucket burst per push provider")
     # --- end of push settings ---
+
+    # --- One-click unsubscribe in emails (docs/templates.md) ---
+    # Unset: emails carry no List-Unsubscribe header and no link can be verified.
+    unsubscribe_secret: SecretStr | None = Field(
+        None, min_length=16, description="Signs one-click unsubscribe links (HMAC-SHA256)"
+    )
+    unsubscribe_mailto: str | None = Field(
+        None,
+        pattern=r'^[^\s<>,"@]+@[^\s<>,"@]+$',
+        description="Address for the mailto: alternative of List-Unsubscribe",
+    )
+    # --- end of unsubscribe settings ---
+
+    # --- Two-way SMS: inbound webhooks and auto-replies (docs/two-way-sms.md) ---
+    # Unset secrets: that provider's webhook answers 503 (Twilio's uses twilio_auth_token).
+    telnyx_public_key: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9+/]{43}=$",
+        description="Telnyx account public key (Ed25519), base64 of the 32 raw bytes",
+    )
+    vonage_signature_secret: SecretStr | None = Field(
+        None, min_length=1, description="Vonage signature secret for signed inbound webhooks"
+    )
+    vonage_signature_method: Literal["md5hash", "md5", "sha1", "sha256", "sha512"] = Field(
+        "md5hash", description="Vonage signature method, as set in the Vonage dashboard"
+    )
+    inbound_max_replies_per_hour: int = Field(
+        3, ge=0, le=1000, description="Auto-replies per sender per number per hour (0: none)"
+    )
+    # --- end of two-way SMS settings ---
 
     @field_validator("database_url")
     @classmethod

@@ -18,8 +18,8 @@ from gateway.outcomes import Outcome
 _CLAIM = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::timestamptz[], $11::text[])
-        AS u(id, channel, kind, job, recipient, campaign_id, send_at, expires_at, user_id)
+                         $7::timestamptz[], $8::timestamptz[], $11::text[], $12::text[])
+        AS u(id, channel, kind, job, recipient, campaign_id, send_at, expires_at, user_id, sender)
 ), claimed AS (
     INSERT INTO messages AS m (id, channel, kind, status, job, recipient, campaign_id, send_at,
                                expires_at, attempts, due_at, created_at, updated_at)
@@ -57,7 +57,9 @@ SELECT c.id, c.failures, c.cap_granted, c.inserted,
                      SELECT 1 FROM opt_outs o
                      WHERE o.channel = i.channel
                        AND o.address = CASE WHEN i.channel = 'email' THEN lower(a.address)
-                                            ELSE a.address END)), '{}')
+                                            ELSE a.address END
+                       -- '' blocks every number of ours; a number blocks only what it sends.
+                       AND (o.scope = '' OR o.scope = i.sender))), '{}')
            AS opted_out,
        coalesce((SELECT array_agg(d.address) FROM deliveries d
                  WHERE d.message_id = c.id AND d.status IN ('sent', 'failed', 'suppressed')
@@ -145,6 +147,7 @@ class NewMessage:
     send_at: datetime | None
     expires_at: datetime | None
     user_id: str | None = None
+    sender: str | None = None  # our number an SMS goes out from (opt-outs may be per number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +259,7 @@ class Store:
             lease_until,
             now,
             [m.user_id for m in messages],
+            [m.sender for m in messages],
         )
         return [_claim(r) for r in rows]
 

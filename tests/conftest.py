@@ -98,7 +98,8 @@ async def clean(pg_pool: asyncpg.Pool, amqp_connection: Any) -> None:
     """Empty tables and empty gateway queues before the test."""
     await pg_pool.execute(
         "TRUNCATE messages, message_events, users, endpoints, opt_outs, policy, campaigns,"
-        " daily_counters, campaign_counters, deliveries"
+        " daily_counters, campaign_counters, deliveries, templates, template_versions,"
+        " numbers, inbound_messages"
     )
     channel = await amqp_connection.channel()
     await declare_topology(channel)

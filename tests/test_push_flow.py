@@ -97,3 +97,22 @@ async def test_raw_push_token_uses_the_only_configured_service(
     assert [m["token"] for m in fake.messages] == ["raw-token"]
     failed = next(e for e in events if e.get("status") == "failed")
     assert failed["reason"] == "no sender configured for push (apns)"
+
+
+async def test_job_expiry_and_collapse_id_reach_the_push_service(
+    amqp: Amqp, fcm: tuple[FakeFcm, Path], settings_for: Any, start_gateway: Any
+) -> None:
+    """The job's expires_at becomes the push TTL and its collapse_id the collapse key."""
+    from datetime import datetime, timedelta, timezone
+
+    await start_gateway(push_settings(settings_for, fcm))
+    job = push_job("push-ttl", {"address": "raw-token"})
+    job["content"]["collapse_id"] = "order-42"
+    job["expires_at"] = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    await amqp.publish(job)
+    await amqp.wait_events(lambda ev: "sent" in statuses(ev, "push-ttl"))
+    fake, _ = fcm
+    [message] = fake.messages
+    assert message["android"]["collapse_key"] == "order-42"
+    assert 3500 <= int(message["android"]["ttl"].rstrip("s")) <= 3600
+    assert message["apns"]["headers"]["apns-collapse-id"] == "order-42"
