@@ -13,7 +13,7 @@ help:
 	@echo "make clean    remove the virtualenv and dev data"
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	bash .ci/ensure-venv $(PYTHON) $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)

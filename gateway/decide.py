@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.broker import Delivery
 from gateway.jobs import Job, Kind, utc_timestamp
-from gateway.outcomes import Outcome, Status
+from gateway.outcomes import Outcome, Status, utcnow
 from gateway.policy import local_day, quiet_hours_end, resolve_zone
 from gateway.rules import CampaignRules, Limits, effective_daily_cap, effective_quiet_hours
 from gateway.store import CapRequest, Claim
@@ -125,6 +125,14 @@ def recipient_key(incoming: Incoming) -> str:
     if user_id is not None:
         return f"user:{user_id}"
     return f"address:{job.channel.value}:{incoming.recipient}"
+
+
+def outcome_of(incoming: Incoming, status: Status, reason: str | None) -> Outcome:
+    """A fresh outcome for ``incoming`` with ``status`` and ``reason``, stamped now."""
+    job = incoming.job
+    outcome = Outcome(job.id, job.channel.value, incoming.kind, status, utcnow(), reason)
+    outcome.campaign_id = job.campaign_id
+    return outcome
 
 
 def finish(outcome: Outcome, status: Status, reason: str | None) -> Outcome:

@@ -18,6 +18,30 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from gateway.errors import MessageFailed
 
 _SYNTAX = ("{{", "{%", "{#")
+# A template may not build a value larger than this with * or ** ({{ 'a' * 10**9 }}).
+MAX_PRODUCT = 100_000
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, with the multiplications that can exhaust memory bounded."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, (int, float)) and abs(right) > 64:
+                raise jinja2.exceptions.SecurityError("exponent too large in a template")
+        elif _is_sequence(left) or _is_sequence(right):
+            sequence, times = (left, right) if _is_sequence(left) else (right, left)
+            if isinstance(times, int) and len(sequence) * times > MAX_PRODUCT:
+                raise jinja2.exceptions.SecurityError(
+                    f"a template may not build a value over {MAX_PRODUCT} items"
+                )
+        return super().call_binop(context, operator, left, right)
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (str, list, tuple, bytes))
 
 
 class Renderer:
@@ -25,8 +49,8 @@ class Renderer:
 
     def __init__(self, *, cache_size: int = 2048) -> None:
         common: dict[str, Any] = {"undefined": jinja2.StrictUndefined, "keep_trailing_newline": True}
-        self._html = ImmutableSandboxedEnvironment(autoescape=True, **common)
-        self._text = ImmutableSandboxedEnvironment(autoescape=False, **common)
+        self._html = _Sandbox(autoescape=True, **common)
+        self._text = _Sandbox(autoescape=False, **common)
         self._cache: OrderedDict[tuple[bool, str], jinja2.Template] = OrderedDict()
         self._cache_size = cache_size
 

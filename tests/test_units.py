@@ -478,3 +478,18 @@ def test_committed_schema_is_the_output_of_gateway_schema(
 
     assert main(["schema"]) == 0
     assert capsys.readouterr().out == SCHEMA_FILE.read_text()
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{{ 'a' * 10**9 }}", "{{ [1] * 1000000 }}", "{{ 1000000 * 'ab' }}", "{{ 2 ** 100000 }}"],
+)
+def test_templates_cannot_build_huge_values(source: str) -> None:
+    """Multiplying a string or list past the limit, or a huge power, fails the message instead."""
+    with pytest.raises(MessageFailed, match="template refused in body"):
+        Renderer().render(source, {}, part="body", is_html=False)
+
+
+def test_modest_multiplication_still_works() -> None:
+    """Ordinary arithmetic and short repeats render as before."""
+    assert Renderer().render("{{ '-' * 10 }}{{ 3 * 4 }}{{ 2 ** 8 }}", {}, part="body", is_html=False) == "-" * 10 + "12256"
