@@ -4,12 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services lint schema clean help
+.PHONY: run test services lint schema clean help bench
 
 help:
 	@echo "make run      start the gateway in dev mode (embedded PostgreSQL, sandbox adapters)"
-	@echo "make test     make sure PostgreSQL and RabbitMQ run, then run the whole suite"
+	@echo "make test     make sure PostgreSQL and RabbitMQ run, run the whole suite, then the"
+	@echo "              AMQP end-to-end tests once more against quorum queues"
 	@echo "make schema   regenerate schema/send-job.v1.json from the job model"
+	@echo "make bench    benchmark against real PostgreSQL and RabbitMQ (MODE=all|throughput|latency|inflight,"
+	@echo "              N=jobs, WORKERS=processes, BENCH_ARGS=...; see bench/README.md)"
 	@echo "make clean    remove the virtualenv and dev data"
 
 $(STAMP): pyproject.toml
@@ -24,11 +27,31 @@ run: $(STAMP)
 services:
 	bash .ci/ensure-services
 
+# The AMQP end-to-end tests, run a second time against quorum queues (own session, own vhost).
+QUORUM_TESTS := tests/test_email_flow.py tests/test_shutdown.py tests/test_scheduler.py \
+	tests/test_policy_flow.py tests/test_workers.py tests/test_queue_type.py
+
 test: $(STAMP) services
 	$(BIN)/python -m pytest
+	TEST_AMQP_QUEUE_TYPE=quorum $(BIN)/python -m pytest $(QUORUM_TESTS)
+
+# The benchmark: own database and vhost, fake providers, N gateway processes; ~3-4 min by default.
+MODE ?= all
+N ?= 50000
+WORKERS ?= 1
+BENCH_ARGS ?=
+
+bench: $(STAMP) services
+	$(BIN)/python -m bench --mode $(MODE) --jobs $(N) --workers $(WORKERS) $(BENCH_ARGS)
 
 schema: $(STAMP)
 	$(BIN)/gateway schema > schema/send-job.v1.json
 
 clean:
 	rm -rf $(VENV) .gateway-dev
+
+# Not part of `make test`: a steady load for SOAK_SECONDS (default 600) on one gateway process,
+# with RSS and open connections reported every 30 s and a verdict at the end (bench/soak.py).
+.PHONY: soak
+soak: $(STAMP) services
+	$(BIN)/python -m bench.soak

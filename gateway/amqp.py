@@ -2,14 +2,26 @@
 
 One channel per job queue, each with its own prefetch, so transactional jobs never wait behind a
 promotional backlog; one channel with publisher confirms for everything we publish.
+
+The gateway's queues are declared durable with one argument, ``x-queue-type`` (``classic`` or
+``quorum``, from ``GATEWAY_AMQP_QUEUE_TYPE``), and nothing else: quorum queues refuse the
+classic-only arguments (``x-max-priority``, ``x-queue-mode``, non-durable, exclusive). RabbitMQ
+never changes the type of an existing queue; a declaration that disagrees is refused with
+PRECONDITION_FAILED, which :class:`QueueTypeMismatch` turns into a one-line startup error.
+
+Exceptions::
+
+    ConfigError (gateway.settings)
+    └── QueueTypeMismatch    a gateway queue exists with another type (or other arguments)
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import aio_pika
+import aio_pika.exceptions
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -27,8 +39,45 @@ from gateway.broker import (
     JOBS_EXCHANGE,
     OnDelivery,
 )
+from gateway.settings import ConfigError
 
 log = structlog.get_logger(__name__)
+
+QueueType = Literal["classic", "quorum"]
+
+
+class QueueTypeMismatch(ConfigError):
+    """Raised at start when RabbitMQ refuses to declare a gateway queue as configured.
+
+    Almost always: the queue exists with the other type than ``GATEWAY_AMQP_QUEUE_TYPE`` names
+    (RabbitMQ cannot convert a queue; see docs/deploy.md for the migration).
+    """
+
+    def __init__(self, queue: str, queue_type: str, reason: str) -> None:
+        super().__init__(
+            f"configuration error: GATEWAY_AMQP_QUEUE_TYPE={queue_type} does not match the"
+            f" existing queue {queue} (RabbitMQ: {reason}); set it to the queue's type, or move"
+            " the queues over as docs/deploy.md describes (Switching queue types)"
+        )
+        self.queue = queue
+
+
+def queue_arguments(queue_type: QueueType) -> dict[str, Any]:
+    """The declaration arguments of every gateway queue (``x-queue-type`` only)."""
+    return {"x-queue-type": queue_type}
+
+
+async def declare_queue(
+    channel: AbstractChannel, name: str, *, queue_type: QueueType
+) -> AbstractQueue:
+    """Declare one of the gateway's queues: durable, of ``queue_type``."""
+    try:
+        return await channel.declare_queue(
+            name, durable=True, arguments=queue_arguments(queue_type)
+        )
+    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+        # Only the reason: the traceback of a refused declaration says nothing more.
+        raise QueueTypeMismatch(name, queue_type, " ".join(str(exc).split())) from None
 
 
 class AmqpDelivery:
@@ -69,26 +118,38 @@ class AmqpBroker:
         jobs: AbstractExchange,
         events: AbstractExchange,
         prefetch: int,
+        queue_type: QueueType = "classic",
     ) -> None:
         self._connection = connection
         self._publish_channel = publish_channel
         self._jobs = jobs
         self._events = events
         self._prefetch = prefetch
+        self._queue_type: QueueType = queue_type
         self._consumers: list[tuple[AbstractQueue, str]] = []
 
     @classmethod
-    async def connect(cls, url: str, *, prefetch: int, name: str = "gateway") -> "AmqpBroker":
-        """Connect (robustly: it reconnects by itself) and declare the topology."""
+    async def connect(
+        cls, url: str, *, prefetch: int, name: str = "gateway", queue_type: QueueType = "classic"
+    ) -> "AmqpBroker":
+        """Connect (robustly: it reconnects by itself) and declare the topology.
+
+        Raises :class:`QueueTypeMismatch` if a queue exists with another type than ``queue_type``.
+        """
         connection = await aio_pika.connect_robust(url, client_properties={"connection_name": name})
-        channel = await connection.channel(publisher_confirms=True)
-        jobs, events = await declare_topology(channel)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            jobs, events = await declare_topology(channel, queue_type=queue_type)
+        except BaseException:
+            await connection.close()
+            raise
         return cls(
             connection=connection,
             publish_channel=channel,
             jobs=jobs,
             events=events,
             prefetch=prefetch,
+            queue_type=queue_type,
         )
 
     async def consume(self, on_delivery: OnDelivery) -> None:
@@ -97,7 +158,7 @@ class AmqpBroker:
             await channel.set_qos(prefetch_count=self._prefetch)
             # Declared (not just looked up) on this channel so the robust channel restores the
             # consumer after a reconnection.
-            queue = await channel.declare_queue(queue_name, durable=True)
+            queue = await declare_queue(channel, queue_name, queue_type=self._queue_type)
 
             async def callback(message: AbstractIncomingMessage, _q: str = queue_name) -> None:
                 await on_delivery(_q, AmqpDelivery(message))
@@ -162,14 +223,16 @@ class AmqpBroker:
         await self._connection.close()
 
 
-async def declare_topology(channel: AbstractChannel) -> tuple[AbstractExchange, AbstractExchange]:
+async def declare_topology(
+    channel: AbstractChannel, *, queue_type: QueueType = "classic"
+) -> tuple[AbstractExchange, AbstractExchange]:
     """Declare exchanges, queues and bindings; safe to repeat (declarations are idempotent)."""
     jobs = await channel.declare_exchange(JOBS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
     events = await channel.declare_exchange(
         EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
     for queue_name, routing_key in JOB_QUEUES.items():
-        queue = await channel.declare_queue(queue_name, durable=True)
+        queue = await declare_queue(channel, queue_name, queue_type=queue_type)
         await queue.bind(jobs, routing_key=routing_key)
-    await channel.declare_queue(DEAD_QUEUE, durable=True)
+    await declare_queue(channel, DEAD_QUEUE, queue_type=queue_type)
     return jobs, events

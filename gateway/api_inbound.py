@@ -43,6 +43,7 @@ from gateway.api import BROKER, SENDERS, SETTINGS, ApiError, json_response
 from gateway.api_support import pool_of
 from gateway.errors import MessageFailed
 from gateway.inbound import InboundSms, Processed, UnknownNumber, receive, sender_address
+from gateway.metrics import METRICS
 
 __all__ = ["MAX_WEBHOOK_BYTES", "inbound_routes", "twiml"]
 
@@ -188,7 +189,7 @@ def _vonage_number(text: str) -> str:
 async def _receive(request: web.Request, message: InboundSms) -> Processed:
     settings = request.app[SETTINGS]
     try:
-        return await receive(
+        processed = await receive(
             message,
             pool=pool_of(request),
             broker=request.app[BROKER],
@@ -197,6 +198,9 @@ async def _receive(request: web.Request, message: InboundSms) -> Processed:
         )
     except UnknownNumber:
         raise _unknown_number() from None
+    if not processed.duplicate:
+        request.app[METRICS].inbound.labels(message.provider, processed.action).inc()
+    return processed
 
 
 async def _receive_and_send(request: web.Request, message: InboundSms) -> None:

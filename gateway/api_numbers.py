@@ -10,9 +10,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.addresses import normalise_phone
-from gateway.api import ApiError, json_response
+from gateway.api import ApiError, json_response, requires
 from gateway.api_support import invalid, pool_of, read_json, validated
 from gateway.errors import MessageFailed
+from gateway.keys import Scope
 from gateway.numbers import NumberConfig, Numbers, decode_cursor, encode_cursor
 
 __all__ = ["number_routes"]
@@ -31,14 +32,18 @@ def number_routes() -> list[web.RouteDef]:
     ]
 
 
+@requires(Scope.admin)
 async def put_number(request: web.Request) -> web.Response:
     """Register a number or replace its configuration; 201 created, 200 replaced."""
     number = _number(request)
-    config = validated(NumberConfig, await read_json(request, optional=True) or {})
+    data = await read_json(request, optional=True)
+    # ``is None``, not ``or``: a body of false or [] is not an empty body.
+    config = validated(NumberConfig, {} if data is None else data)
     entry, created = await Numbers(pool=pool_of(request)).put(number, config)
     return json_response(entry, status=201 if created else 200)
 
 
+@requires(Scope.read)
 async def get_number(request: web.Request) -> web.Response:
     """The number's configuration; 404 when it is not registered."""
     entry = await Numbers(pool=pool_of(request)).get(_number(request))
@@ -47,6 +52,7 @@ async def get_number(request: web.Request) -> web.Response:
     return json_response(entry)
 
 
+@requires(Scope.admin)
 async def delete_number(request: web.Request) -> web.Response:
     """Forget the number; 204, or 404 when it was not registered. Its opt-outs stay."""
     if not await Numbers(pool=pool_of(request)).delete(_number(request)):
@@ -54,6 +60,7 @@ async def delete_number(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@requires(Scope.read)
 async def list_numbers(request: web.Request) -> web.Response:
     """A page of numbers in order, with the cursor of the next page."""
     query = request.query

@@ -9,11 +9,20 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
-from gateway.api import ApiError, json_response
+from gateway.api import ApiError, json_response, requires
 from gateway.api_support import invalid, pool_of, read_json, validated
 from gateway.jobs import describe
+from gateway.keys import Scope
 from gateway.policy import QuietHours, valid_timezone
 from gateway.policy_store import PolicyStore
 from gateway.rules import CampaignRules, Limits
@@ -23,6 +32,24 @@ __all__ = ["CampaignRequest", "LimitsRequest", "policy_routes"]
 Cap = Annotated[int, Field(ge=0)]
 CampaignId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 _CAMPAIGN_ID: TypeAdapter[str] = TypeAdapter(CampaignId)
+_HHMM = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
+# Validated by QuietHours.parse (which also refuses start == end); described for OpenAPI.
+QuietHoursJson = Annotated[
+    dict[str, Any] | None,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {"start": _HHMM, "end": _HHMM},
+                    "required": ["start", "end"],
+                    "additionalProperties": False,
+                },
+                {"type": "null"},
+            ]
+        }
+    ),
+]
 
 
 class _Request(BaseModel):
@@ -42,7 +69,7 @@ class LimitsRequest(_Request):
     daily_cap_per_channel: dict[Literal["email", "sms", "push"], Cap | None] = Field(
         default_factory=dict
     )
-    quiet_hours: dict[str, Any] | None = None
+    quiet_hours: QuietHoursJson = None
     default_timezone: str = "UTC"
     transactional_bypass: bool = True
 
@@ -70,7 +97,7 @@ class CampaignRequest(_Request):
 
     cap: Cap | None = None
     daily_cap: Cap | None = None
-    quiet_hours: dict[str, Any] | None = None
+    quiet_hours: QuietHoursJson = None
 
     def to_rules(self) -> CampaignRules:
         """The validated request as stored rules, keeping which overrides were given."""
@@ -94,6 +121,7 @@ def policy_routes() -> list[web.RouteDef]:
     ]
 
 
+@requires(Scope.admin)
 async def put_limits(request: web.Request) -> web.Response:
     """Replace the global limits; answer them in their stored form."""
     limits = validated(LimitsRequest, await read_json(request)).to_limits()
@@ -101,11 +129,13 @@ async def put_limits(request: web.Request) -> web.Response:
     return json_response(limits.to_json())
 
 
+@requires(Scope.read)
 async def get_limits(request: web.Request) -> web.Response:
     """The global limits (the defaults when never set)."""
     return json_response((await PolicyStore(pool=pool_of(request)).get_limits()).to_json())
 
 
+@requires(Scope.admin)
 async def put_campaign(request: web.Request) -> web.Response:
     """Create or replace a campaign's rules; 201 created, 200 replaced."""
     campaign_id = _campaign_id(request)
@@ -115,6 +145,7 @@ async def put_campaign(request: web.Request) -> web.Response:
     return json_response(await _campaign(store, campaign_id, rules), status=201 if created else 200)
 
 
+@requires(Scope.read)
 async def get_campaign(request: web.Request) -> web.Response:
     """The campaign's rules and how many of its messages are in each status."""
     campaign_id = request.match_info["campaign_id"]

@@ -10,12 +10,14 @@ import tempfile
 from typing import IO, Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.addresses import opt_out_key
-from gateway.api import ApiError, json_response
+from gateway.api import ApiError, json_response, requires
 from gateway.api_support import invalid, pool_of, read_json, validated
 from gateway.errors import MessageFailed
 from gateway.importer import ImportFailed, import_users, read_upload
+from gateway.keys import Scope
 from gateway.optouts import Cursor, OptOutRequest, OptOuts
 from gateway.recipients import InvalidUser, Recipients, User, UserPatch
 from gateway.rules import CHANNELS
@@ -50,6 +52,7 @@ def recipient_routes() -> list[web.RouteDef]:
 # -- users -------------------------------------------------------------------------------------
 
 
+@requires(Scope.admin)
 async def put_user(request: web.Request) -> web.Response:
     """Create or replace a user, its whole endpoint set included; 201 created, 200 replaced."""
     user_id = request.match_info["user_id"]
@@ -59,11 +62,13 @@ async def put_user(request: web.Request) -> web.Response:
     return json_response(await _user_or_404(request, user_id), status=201 if inserted else 200)
 
 
+@requires(Scope.read)
 async def get_user(request: web.Request) -> web.Response:
     """The user with its endpoints."""
     return json_response(await _user_or_404(request, request.match_info["user_id"]))
 
 
+@requires(Scope.admin)
 async def patch_user(request: web.Request) -> web.Response:
     """Merge attributes, replace timezone/locale when given, add or update endpoints."""
     user_id = request.match_info["user_id"]
@@ -77,6 +82,7 @@ async def patch_user(request: web.Request) -> web.Response:
     return json_response(user)
 
 
+@requires(Scope.admin)
 async def delete_user(request: web.Request) -> web.Response:
     """Remove the user and its endpoints; 204."""
     if not await Recipients(pool=pool_of(request)).delete(request.match_info["user_id"]):
@@ -88,9 +94,11 @@ def _with_path_id(data: Any, user_id: str) -> Any:
     """The body with the path's id; a body naming another id is refused."""
     if not isinstance(data, dict):
         return data  # the model says "should be a valid dictionary"
-    if "id" in data and data["id"] != user_id:
+    if "id" not in data:
+        return {**data, "id": user_id}
+    if data["id"] is not None and data["id"] != user_id:
         raise invalid("id: does not match the user id in the path")
-    return {**data, "id": user_id}
+    return data  # a null id is for the model to judge: a PATCH may say null, a PUT may not
 
 
 async def _user_or_404(request: web.Request, user_id: str) -> dict[str, Any]:
@@ -107,14 +115,18 @@ def _no_user() -> ApiError:
 # -- opt-outs ----------------------------------------------------------------------------------
 
 
+@requires(Scope.admin)
 async def put_opt_out(request: web.Request) -> web.Response:
     """Opt an address out; 201 new, 200 when it already was (the first entry stands)."""
     channel, address = _opt_out_key(request)
-    body = validated(OptOutRequest, await read_json(request, optional=True) or {})
+    data = await read_json(request, optional=True)
+    # ``is None``, not ``or``: a body of false or [] is not an empty body.
+    body = validated(OptOutRequest, {} if data is None else data)
     entry, created = await OptOuts(pool=pool_of(request)).add(channel, address, body.source)
     return json_response(entry, status=201 if created else 200)
 
 
+@requires(Scope.read)
 async def get_opt_out(request: web.Request) -> web.Response:
     """The opt-out entry; 404 when the address is not opted out."""
     channel, address = _opt_out_key(request)
@@ -124,6 +136,7 @@ async def get_opt_out(request: web.Request) -> web.Response:
     return json_response(entry)
 
 
+@requires(Scope.admin)
 async def delete_opt_out(request: web.Request) -> web.Response:
     """Opt an address back in; 204, or 404 when it was not opted out."""
     channel, address = _opt_out_key(request)
@@ -132,6 +145,7 @@ async def delete_opt_out(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@requires(Scope.read)
 async def list_opt_outs(request: web.Request) -> web.Response:
     """A page of opt-outs in (created_at, channel, address) order, with the next cursor."""
     query = request.query
@@ -183,6 +197,7 @@ def _not_opted_out() -> ApiError:
 # -- bulk import -------------------------------------------------------------------------------
 
 
+@requires(Scope.admin)
 async def post_import(request: web.Request) -> web.Response:
     """Import users from a CSV or JSON-lines upload (multipart field ``file`` or a raw body)."""
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
@@ -199,13 +214,13 @@ async def post_import(request: web.Request) -> web.Response:
 async def _receive_upload(request: web.Request, spool: IO[bytes]) -> None:
     """Copy the upload into ``spool``, streaming, within :data:`MAX_UPLOAD_BYTES`."""
     if request.content_type == "multipart/form-data":
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if isinstance(part, BodyPartReader) and part.name == "file":
-                while chunk := await part.read_chunk():
-                    _write_limited(spool, chunk)
-                return
-        raise invalid("file: the multipart body has no part named 'file'")
+        try:
+            await _receive_file_part(request, spool)
+        except (ValueError, HttpProcessingError) as exc:
+            # aiohttp's words for a missing boundary or a broken part header, on one line.
+            reason = " ".join(str(getattr(exc, "message", exc)).split())
+            raise ApiError(400, "invalid_multipart", f"malformed multipart body: {reason}") from None
+        return
     if request.content_type not in _RAW_TYPES:
         raise ApiError(
             415,
@@ -215,6 +230,16 @@ async def _receive_upload(request: web.Request, spool: IO[bytes]) -> None:
         )
     async for chunk in request.content.iter_chunked(64 * 1024):
         _write_limited(spool, chunk)
+
+
+async def _receive_file_part(request: web.Request, spool: IO[bytes]) -> None:
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if isinstance(part, BodyPartReader) and part.name == "file":
+            while chunk := await part.read_chunk():
+                _write_limited(spool, chunk)
+            return
+    raise invalid("file: the multipart body has no part named 'file'")
 
 
 def _write_limited(spool: IO[bytes], chunk: bytes) -> None:

@@ -6,6 +6,8 @@ called, which we rebuild from ``GATEWAY_PUBLIC_URL``, with every posted paramete
 
 from __future__ import annotations
 
+import urllib.parse
+
 import structlog
 from aiohttp import web
 
@@ -30,7 +32,7 @@ async def twilio_status(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if settings.twilio_auth_token is None or settings.public_url is None:
         raise ApiError(503, "not_configured", "GATEWAY_TWILIO_AUTH_TOKEN and GATEWAY_PUBLIC_URL are needed")
-    params = collect_params((await request.post()).items())
+    params = collect_params(_form(await request.read()))
     url = settings.public_url.rstrip("/") + request.path_qs
     signature = request.headers.get("X-Twilio-Signature", "")
     if not validate_signature(settings.twilio_auth_token.get_secret_value(), url, params, signature):
@@ -72,6 +74,15 @@ async def twilio_status(request: web.Request) -> web.Response:
             ]
         )
     return web.Response(status=204)
+
+
+def _form(body: bytes) -> list[tuple[str, str]]:
+    """The posted parameters. Read by hand: ``request.post()`` raised (a 500) for a multipart
+    body without a boundary, bytes that are not UTF-8 or an unknown charset."""
+    try:
+        return urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "invalid_callback", "the body is not a UTF-8 URL-encoded form") from None
 
 
 def status_routes() -> list[web.RouteDef]:

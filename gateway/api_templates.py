@@ -13,9 +13,10 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api import ApiError, json_response
+from gateway.api import ApiError, json_response, requires
 from gateway.api_support import invalid, pool_of, read_json, validated
 from gateway.errors import MessageFailed
+from gateway.keys import Scope
 from gateway.render import Renderer
 from gateway.segments import sms_segments
 from gateway.template_render import render_template
@@ -62,6 +63,7 @@ class _Handlers:
     def __init__(self, renderer: Renderer) -> None:
         self._renderer = renderer
 
+    @requires(Scope.admin)
     async def put_template(self, request: web.Request) -> web.Response:
         """Store a new version when the body differs from the latest: 201, else 200 with the
         latest version unchanged."""
@@ -79,21 +81,25 @@ class _Handlers:
         template, created = await Templates(pool=pool_of(request)).put(name, body)
         return json_response(template.to_json(), status=201 if created else 200)
 
+    @requires(Scope.read)
     async def get_template(self, request: web.Request) -> web.Response:
         """The latest version, or the one ``?version=N`` pins (deleted names included)."""
         version = _version_query(request.query.get("version"))
         return json_response((await self._load(request, version)).to_json())
 
+    @requires(Scope.read)
     async def list_templates(self, request: web.Request) -> web.Response:
         """Every template that is not deleted, by name, with its latest version."""
         return json_response({"items": await Templates(pool=pool_of(request)).names()})
 
+    @requires(Scope.admin)
     async def delete_template(self, request: web.Request) -> web.Response:
         """Soft delete: 204; the name stops resolving, its versions still load by number."""
         if not await Templates(pool=pool_of(request)).delete(request.match_info["name"]):
             raise ApiError(404, "not_found", "no template with this name")
         return web.Response(status=204)
 
+    @requires(Scope.send)
     async def render_preview(self, request: web.Request) -> web.Response:
         """Render a version for a channel with the given data, as a message would be."""
         preview = validated(RenderRequest, await read_json(request))

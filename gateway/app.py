@@ -20,8 +20,10 @@ from gateway.amqp import AmqpBroker
 from gateway.api import create_app
 from gateway.broker import Broker
 from gateway.intake import Intake
+from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.render import Renderer
+from gateway.retention import Retention
 from gateway.scheduler import Scheduler
 from gateway.senders import build_senders
 from gateway.settings import Settings
@@ -41,6 +43,8 @@ class Gateway:
     senders: Mapping[str, Sender] | None = None  # default: build_senders(settings)
     extra_routes: Iterable[web.AbstractRouteDef] = ()
     name: str = "gateway"
+    # This process's Prometheus registry, served at GET /metrics.
+    metrics: Metrics = field(default_factory=Metrics)
     _pool: asyncpg.Pool | None = field(default=None, init=False)
     _intake: Intake | None = field(default=None, init=False)
     _runner: web.AppRunner | None = field(default=None, init=False)
@@ -63,7 +67,10 @@ class Gateway:
         store = Store(pool=self._pool)
         if self.broker is None:
             self.broker = await AmqpBroker.connect(
-                settings.require("amqp_url").amqp_url or "", prefetch=settings.prefetch, name=self.name
+                settings.require("amqp_url").amqp_url or "",
+                prefetch=settings.prefetch,
+                name=self.name,
+                queue_type=settings.amqp_queue_type,
             )
         if self.senders is None:
             self.senders = build_senders(settings)
@@ -74,6 +81,7 @@ class Gateway:
                 broker=self.broker,
                 senders=self.senders,
                 extra_routes=self.extra_routes,
+                metrics=self.metrics,
             )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._runner.setup()
@@ -87,19 +95,26 @@ class Gateway:
                 broker=self.broker,
                 senders=self.senders,
                 renderer=Renderer(),
+                metrics=self.metrics,
             )
-            self._intake = Intake(
+            intake = self._intake = Intake(
                 broker=self.broker,
                 pipeline=pipeline,
                 batch_size=settings.batch_size,
                 batch_wait_seconds=settings.batch_wait_ms / 1000,
             )
-            await self._intake.start()
+            self.metrics.watch_in_flight(lambda: intake.in_flight)
+            await intake.start()
+            retention = None
+            if settings.retention_days is not None:
+                retention = Retention(pool=self._pool, days=settings.retention_days)
             scheduler = Scheduler(
                 store=store,
                 broker=self.broker,
                 interval=settings.scheduler_interval_seconds,
                 requeue_after=settings.requeue_after_seconds,
+                metrics=self.metrics,
+                retention=retention,
             )
             self._background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
         log.info(

@@ -26,6 +26,7 @@ from adapters.errors import (
 from gateway.decide import Ready, finish
 from gateway.errors import MessageFailed
 from gateway.jobs import utc_timestamp
+from gateway.metrics import Metrics
 from gateway.outcomes import Outcome, Status, utcnow
 from gateway.prepare import prepare, readdress
 from gateway.segments import sms_segments
@@ -46,6 +47,9 @@ class _Result:
     provider_message_id: str | None = None
     retry_after: float | None = None
     effect: str | None = None  # opted_out | token_invalid
+    # The class of a provider's refusal, a metrics label: timeout | opted_out | invalid_token |
+    # permanent | transient | adapter_error.
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -61,11 +65,17 @@ class Dispatcher:
     """Renders and sends ready messages through the channel's sender."""
 
     def __init__(
-        self, *, settings: Settings, senders: Mapping[str, Sender], renderer: Renderer
+        self,
+        *,
+        settings: Settings,
+        senders: Mapping[str, Sender],
+        renderer: Renderer,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._senders = senders
         self._renderer = renderer
+        self._metrics = metrics
 
     async def dispatch(self, ready: Ready) -> Dispatched:
         """Send to every target; return the outcome, per-endpoint records and endpoint effects."""
@@ -120,21 +130,29 @@ class Dispatcher:
         ]
         return Dispatched(outcome, records, effects)
 
-    def _sender_for(self, ready: Ready, target: str) -> Sender | str:
-        """The sender for this target, or why there is none."""
+    def _sender_for(self, ready: Ready, target: str) -> tuple[str, Sender] | str:
+        """The sender for this target and its key (``email``, ``push:apns``…), or why none."""
         channel = ready.incoming.job.channel.value
         if channel != "push":
-            return self._senders.get(channel) or f"no sender configured for {channel}"
+            sender = self._senders.get(channel)
+            return (channel, sender) if sender else f"no sender configured for {channel}"
         platform = ready.claim.platforms.get(target) or getattr(ready.incoming.job.to, "platform", None)
         if platform is None:
             configured = [key for key in self._senders if key.startswith("push:")]
             if len(configured) != 1:
                 return "push to a raw address needs to.platform (apns or fcm)"
             platform = configured[0].removeprefix("push:")
-        return self._senders.get(f"push:{platform}") or f"no sender configured for push ({platform})"
+        key = f"push:{platform}"
+        sender = self._senders.get(key)
+        return (key, sender) if sender else f"no sender configured for push ({platform})"
 
     async def _send_one(
-        self, sender: Sender | str, message: Outbound, target: str, index: int, promotional: bool
+        self,
+        sender: tuple[str, Sender] | str,
+        message: Outbound,
+        target: str,
+        index: int,
+        promotional: bool,
     ) -> _Result:
         if isinstance(sender, str):
             return _Result(target, "failed", sender)
@@ -143,24 +161,38 @@ class Dispatcher:
                 message = readdress(message, target, settings=self._settings, promotional=promotional)
             except MessageFailed as exc:
                 return _Result(target, "failed", exc.reason)
+        provider, started = sender[0], time.perf_counter()
+        result = await self._request(sender[1], message, target)
+        self._metrics.observe_request(provider, time.perf_counter() - started, result.error)
+        return result
+
+    async def _request(self, sender: Sender, message: Outbound, target: str) -> _Result:
+        """One send, its exceptions mapped to a result; ``error`` names the class of failure."""
         try:
             # Bounded well inside the claim's lease, so the scheduler never re-queues a message
             # that is still being sent.
             async with asyncio.timeout(self._settings.processing_lease_seconds / 2):
                 result = await sender.send(message)
         except TimeoutError:
-            return _Result(target, "transient", "provider timed out")
+            return _Result(target, "transient", "provider timed out", error="timeout")
         except OptedOutError as exc:
-            return _Result(target, "suppressed", f"opted_out ({exc.reason})", effect="opted_out")
+            return _Result(
+                target, "suppressed", f"opted_out ({exc.reason})", effect="opted_out",
+                error="opted_out",
+            )
         except InvalidTokenError as exc:
-            return _Result(target, "failed", exc.reason, effect="token_invalid")
+            return _Result(
+                target, "failed", exc.reason, effect="token_invalid", error="invalid_token"
+            )
         except PermanentSendError as exc:
-            return _Result(target, "failed", exc.reason)
+            return _Result(target, "failed", exc.reason, error="permanent")
         except TransientSendError as exc:
-            return _Result(target, "transient", exc.reason, retry_after=exc.retry_after)
+            return _Result(
+                target, "transient", exc.reason, retry_after=exc.retry_after, error="transient"
+            )
         except Exception as exc:  # an adapter bug must not kill the batch: retry, and say so
             log.exception("adapter.unexpected_error", message_id=getattr(message, "message_id", None))
-            return _Result(target, "transient", f"adapter error: {exc}")
+            return _Result(target, "transient", f"adapter error: {exc}", error="adapter_error")
         return _Result(target, "sent", provider_message_id=result.provider_message_id)
 
     def _fold(self, outcome: Outcome, results: list[_Result], failures: int) -> None:

@@ -96,7 +96,9 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (print() makes two), so the lines of `serve --workers` processes
+        # sharing one stderr never run into each other.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Libraries log through the stdlib: render them the same way, masked as well.

@@ -21,14 +21,15 @@ import structlog
 from adapters.base import Sender
 from gateway.addresses import normalise_address, normalise_phone
 from gateway.broker import Broker, Delivery, kind_from_routing_key
-from gateway.decide import Incoming, Ready, decide, finish
+from gateway.decide import Incoming, Ready, decide, outcome_of
 from gateway.dispatch import Dispatcher
 from gateway.errors import InvalidJob, MessageFailed
 from gateway.jobs import Job, Kind, parse_job, utc_timestamp
+from gateway.metrics import Metrics
 from gateway.outcomes import Outcome, Status, event_body, utcnow
 from gateway.render import Renderer
 from gateway.settings import Settings
-from gateway.store import DeliveryRecord, EndpointEffect, NewMessage, Store
+from gateway.store import Claim, DeliveryRecord, EndpointEffect, NewMessage, Store
 from gateway.templates import TemplateCache, load_many, not_found_reason
 
 log = structlog.get_logger("gateway.pipeline")
@@ -54,11 +55,15 @@ class Pipeline:
         broker: Broker,
         senders: Mapping[str, Sender],
         renderer: Renderer,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._store = store
         self._broker = broker
-        self._dispatcher = Dispatcher(settings=settings, senders=senders, renderer=renderer)
+        self._metrics = metrics
+        self._dispatcher = Dispatcher(
+            settings=settings, senders=senders, renderer=renderer, metrics=metrics
+        )
         self._templates = TemplateCache()
 
     async def process(self, batch: Sequence[Delivery]) -> None:
@@ -107,6 +112,8 @@ class Pipeline:
         # Everything not claimed was a duplicate delivery of a message someone else owns or
         # finished: its outcome is already recorded, so it is acked without another send.
         await asyncio.gather(*(p.delivery.ack() for p in parsed))
+        started = {c.id: _clock_start(c, unique[c.id].job) for c in claims}
+        self._metrics.count_outcomes(outcomes, started)
         for outcome in outcomes:
             _log_outcome(outcome, unique[outcome.message_id])
 
@@ -126,10 +133,7 @@ class Pipeline:
             key = (item.incoming.job.template, item.incoming.job.template_version)
             item.template = found.get(key)
             if item.template is None:
-                job = item.incoming.job
-                missing = Outcome(job.id, job.channel.value, item.incoming.kind, Status.failed, utcnow())
-                missing.campaign_id = job.campaign_id
-                decided[index] = finish(missing, Status.failed, not_found_reason(key))
+                decided[index] = outcome_of(item.incoming, Status.failed, not_found_reason(key))
 
     async def _grant(self, decided: list[Outcome | Ready]) -> list[Ready]:
         """Ask for every cap slot of the batch at once; turn refusals into suppressed outcomes."""
@@ -143,10 +147,7 @@ class Pipeline:
             if reason is None:
                 granted.append(item)
                 continue
-            job = item.incoming.job
-            refused = Outcome(job.id, job.channel.value, item.incoming.kind, Status.suppressed, utcnow())
-            refused.campaign_id = job.campaign_id
-            decided[index] = finish(refused, Status.suppressed, reason)
+            decided[index] = outcome_of(item.incoming, Status.suppressed, reason)
         return granted
 
     async def _record(
@@ -218,6 +219,15 @@ def endpoint_event(effect: EndpointEffect, at: datetime) -> tuple[str, bytes]:
         "timestamp": utc_timestamp(at),
     }
     return f"endpoint.{effect.kind}", orjson.dumps(body)
+
+
+def _clock_start(claim: Claim, job: Job) -> datetime | None:
+    """Where end-to-end latency counts from: the message first recorded (by the API, or by the
+    consumer that first saw it), or its ``send_at`` when that is later: a scheduled wait is
+    asked for, not latency."""
+    if claim.created_at is None or job.send_at is None:
+        return claim.created_at
+    return max(claim.created_at, job.send_at)
 
 
 def _new_message(item: Incoming, default_sms_from: str | None) -> NewMessage:

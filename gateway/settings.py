@@ -51,9 +51,12 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"
     http_port: int = Field(8080, ge=0, le=65535)
     api_token: SecretStr | None = Field(
-        None, min_length=16, description="Bearer token for every /v1 route"
+        None, min_length=16, description="Bootstrap API key (scope admin) for every /v1 route"
     )
     max_request_bytes: int = Field(1024 * 1024, ge=1024)
+    api_key_cache_seconds: float = Field(
+        5.0, ge=0, description="How long a process trusts a looked-up API key (revocation delay)"
+    )
 
     # Consumer
     prefetch: int = Field(200, ge=1, le=65535, description="Unacked jobs per queue consumer")
@@ -162,6 +165,20 @@ class Settings(BaseSettings):
         3, ge=0, le=1000, description="Auto-replies per sender per number per hour (0: none)"
     )
     # --- end of two-way SMS settings ---
+
+    # --- RabbitMQ queue type, for scale-out on a cluster (docs/deploy.md) ---
+    # RabbitMQ never converts a queue: changing this for existing queues stops the start with a
+    # one-line error until the queues are moved (docs/deploy.md#switching-queue-types).
+    amqp_queue_type: Literal["classic", "quorum"] = Field(
+        "classic", description="x-queue-type of the gateway's queues; quorum: replicated, durable"
+    )
+    # --- end of queue type settings ---
+
+    # --- Data retention (docs/architecture.md#data-retention) ---
+    retention_days: int | None = Field(
+        None, ge=1, description="Purge finished messages older than this, daily (unset: never)"
+    )
+    # --- end of retention settings ---
 
     @field_validator("database_url")
     @classmethod

@@ -30,7 +30,7 @@ WITH input AS (
         SET status = 'processing', attempts = m.attempts + 1, due_at = EXCLUDED.due_at,
             updated_at = EXCLUDED.updated_at
         WHERE m.status = 'queued' OR (m.status = 'processing' AND m.due_at <= $10)
-    RETURNING m.id, m.failures, m.cap_granted, (m.xmax = 0) AS inserted
+    RETURNING m.id, m.failures, m.cap_granted, (m.xmax = 0) AS inserted, m.created_at
 ), accepted AS (
     INSERT INTO message_events (message_id, status, created_at)
     SELECT id, 'accepted', $10 FROM claimed WHERE inserted
@@ -38,7 +38,7 @@ WITH input AS (
 -- What the policy needs, in the same round trip: the user and its active endpoints on the
 -- job's channel, which of the addresses are opted out, the campaign's and global rules, and
 -- the deliveries already finished by an earlier attempt.
-SELECT c.id, c.failures, c.cap_granted, c.inserted,
+SELECT c.id, c.failures, c.cap_granted, c.inserted, c.created_at,
        (u.id IS NOT NULL) AS user_found, u.timezone, u.locale, u.attributes::text AS attributes,
        coalesce((SELECT array_agg(e.address ORDER BY e.created_at, e.address) FROM endpoints e
                  WHERE e.user_id = i.user_id AND e.channel = i.channel AND e.active), '{}')
@@ -156,7 +156,8 @@ class Claim:
 
     ``failures`` so far; ``inserted`` if seen for the first time; ``endpoints`` the user's
     active addresses on the channel; ``opted_out`` which of its addresses opted out;
-    ``delivered`` addresses an earlier attempt already finished; rules as stored JSON.
+    ``delivered`` addresses an earlier attempt already finished; rules as stored JSON;
+    ``created_at`` when the message was first recorded (what end-to-end latency counts from).
     """
 
     id: str
@@ -174,6 +175,7 @@ class Claim:
     campaign_found: bool = False
     campaign_rules: dict[str, Any] | None = None
     policy_rules: dict[str, Any] | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,4 +402,5 @@ def _claim(row: asyncpg.Record) -> Claim:
         campaign_found=row["campaign_found"],
         campaign_rules=orjson.loads(row["campaign_rules"]) if row["campaign_rules"] else None,
         policy_rules=orjson.loads(row["policy_rules"]) if row["policy_rules"] else None,
+        created_at=row["created_at"],
     )

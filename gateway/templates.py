@@ -202,7 +202,10 @@ class TemplateVersion:
 
 
 def _version(name: str, version: int, body_json: str, created_at: datetime) -> TemplateVersion:
-    body = TemplateBody.model_validate_json(body_json)
+    # Parsed as the API parsed the body it stored (orjson): jsonb writes a float such as 5e27
+    # out in full, which pydantic's JSON parser would read back as an integer too large for
+    # orjson to answer.
+    body = TemplateBody.model_validate(orjson.loads(body_json))
     return TemplateVersion(name=name, version=version, body=body, created_at=created_at)
 
 

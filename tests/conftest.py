@@ -3,6 +3,9 @@
 Isolation: the session gets its own database and its own RabbitMQ virtual host, both removed at
 the end; each test starts from empty tables and empty queues. A service that cannot be reached
 fails the run (it is never skipped): ``make test`` starts them.
+
+``TEST_AMQP_QUEUE_TYPE=quorum`` runs the session against quorum queues (``make test`` runs the
+AMQP end-to-end tests once more that way); the default is ``classic``.
 """
 
 from __future__ import annotations
@@ -13,23 +16,30 @@ import secrets
 import subprocess
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import asyncpg
 import orjson
 import pytest
+from aiohttp import web
 
-from gateway.amqp import declare_topology
+from gateway.amqp import QueueType, declare_queue, declare_topology
+from gateway.api import create_app
 from gateway.app import Gateway
 from gateway.broker import DEAD_QUEUE, EVENTS_EXCHANGE, JOB_QUEUES, JOBS_EXCHANGE
 from gateway.migrate import migrate
 from gateway.settings import Settings
 from tests.smtp_server import RecordingSmtp
 
+pytest_plugins = ["tests.conftest_logs"]  # log hygiene over the whole session
+
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_HOST_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 API_TOKEN = "test-token-" + "x" * 16
+QUEUE_TYPE = cast(QueueType, os.environ.get("TEST_AMQP_QUEUE_TYPE", "classic"))
+if QUEUE_TYPE not in ("classic", "quorum"):
+    raise pytest.UsageError(f"TEST_AMQP_QUEUE_TYPE must be classic or quorum, not {QUEUE_TYPE!r}")
 
 
 def _database_url(name: str) -> str:
@@ -65,13 +75,18 @@ def _rabbitmqctl(*args: str) -> bool:
 
 @pytest.fixture(scope="session")
 def amqp_url() -> Iterator[str]:
-    """A RabbitMQ virtual host for this session (the default one if rabbitmqctl is unavailable)."""
-    vhost = f"gw-test-{secrets.token_hex(4)}"
+    """A RabbitMQ virtual host for this session (the default one if rabbitmqctl is unavailable).
+
+    Quorum sessions insist on their own virtual host: the default one holds classic queues.
+    """
+    vhost = f"gw-test-{QUEUE_TYPE}-{secrets.token_hex(4)}"
     if _rabbitmqctl("add_vhost", vhost) and _rabbitmqctl(
         "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"
     ):
         yield AMQP_HOST_URL.rstrip("/") + "/" + urllib.parse.quote(vhost, safe="")
         _rabbitmqctl("delete_vhost", vhost)
+    elif QUEUE_TYPE == "quorum":
+        pytest.fail("TEST_AMQP_QUEUE_TYPE=quorum needs rabbitmqctl to create a virtual host")
     else:
         yield AMQP_HOST_URL
 
@@ -99,12 +114,12 @@ async def clean(pg_pool: asyncpg.Pool, amqp_connection: Any) -> None:
     await pg_pool.execute(
         "TRUNCATE messages, message_events, users, endpoints, opt_outs, policy, campaigns,"
         " daily_counters, campaign_counters, deliveries, templates, template_versions,"
-        " numbers, inbound_messages"
+        " numbers, inbound_messages, api_keys, provider_receipts"
     )
     channel = await amqp_connection.channel()
-    await declare_topology(channel)
+    await declare_topology(channel, queue_type=QUEUE_TYPE)
     for name in [*JOB_QUEUES, DEAD_QUEUE]:
-        queue = await channel.declare_queue(name, durable=True)
+        queue = await declare_queue(channel, name, queue_type=QUEUE_TYPE)
         await queue.purge()
     await channel.close()
 
@@ -196,6 +211,8 @@ def settings_for(database_url: str, amqp_url: str) -> Callable[..., Settings]:
             "scheduler_interval_seconds": 0.05,
             "batch_wait_ms": 2,
             "shutdown_grace_seconds": 5,
+            "amqp_queue_type": QUEUE_TYPE,
+            "api_key_cache_seconds": 0,  # a revoked key is refused at once
         }
         if smtp is not None:
             values.update(smtp_host=smtp.host, smtp_port=smtp.port)
@@ -221,6 +238,14 @@ async def start_gateway(
     yield start
     for gateway in reversed(started):
         await gateway.stop()
+
+
+def bare_app() -> web.Application:
+    """The API's aiohttp app without backends: its routes can be inspected, not called."""
+    settings = Settings(
+        database_url="postgresql://x@localhost/x", amqp_url="amqp://localhost/", api_token="x" * 16
+    )
+    return create_app(settings=settings, store=None, broker=None)  # type: ignore[arg-type]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

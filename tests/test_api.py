@@ -230,7 +230,7 @@ async def test_unknown_path_is_answered_404_as_json(
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("GET", "/v1/messages", "POST"),
+        ("DELETE", "/v1/messages", "GET,HEAD,POST"),
         ("DELETE", "/v1/messages/x", "GET,HEAD"),
         ("POST", "/healthz", "GET,HEAD"),
     ],

@@ -1,0 +1,1 @@
+"""The gateway's benchmark: ``make bench`` or ``python -m bench --help`` (see README.md)."""

@@ -1,0 +1,152 @@
+"""The summary: the issue's targets, met or not (reported, never adjusted), and one table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _get(data: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    phases = results.get("phases", {})
+    workers = results.get("config", {}).get("workers", 1)
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, target: str, ok: bool | None, note: str = "") -> None:
+        out.append({"target": name, "value": value, "goal": target,
+                    "met": ok, **({"note": note} if note else {})})
+
+    rate = _get(phases, "throughput", "rate_jobs_per_s")
+    if rate is not None:
+        note = "" if workers == 1 else f"{workers} processes: the target is for one"
+        add("end-to-end rate, 1 process", rate, ">= 2000 jobs/s",
+            rate >= 2000 if workers == 1 else None, note)
+        ratio = _get(phases, "throughput", "ratio_to_raw")
+        add("ratio end-to-end / raw", ratio, ">= 0.5", ratio is not None and ratio >= 0.5)
+    p99 = _get(phases, "latency", "latency", "p99_ms")
+    if p99 is not None:
+        add(f"p99 latency at {_get(phases, 'latency', 'offered_rate')}/s offered", p99, "<= 50 ms",
+            p99 <= 50)
+    inflight = _get(phases, "inflight", "inflight") or {}
+    peak = inflight.get("peak_rss_while_at_target_mb") or inflight.get("peak_rss_until_release_mb")
+    if peak:
+        worst = max(peak.values())
+        reached = inflight.get("peak_in_flight", 0) >= 0.98 * inflight.get("target", 1)
+        add("peak RSS per process at 10,000 in flight", worst, "<= 150 MB", worst <= 150,
+            f"in flight peaked at {inflight.get('peak_in_flight')} of "
+            f"{inflight.get('target')}{'' if reached else ': target NOT reached'}")
+    for name, phase in phases.items():
+        ok = _get(phase, "correctness", "ok")
+        if ok is not None:
+            add(f"correctness ({name})", "pass" if ok else "FAIL", "all checks", ok)
+    return out
+
+
+def correct(results: dict[str, Any]) -> bool:
+    return all(_get(p, "correctness", "ok") in (True, None)
+               for p in results.get("phases", {}).values())
+
+
+def _lat(lat: dict[str, Any] | None) -> str:
+    if not lat or not lat.get("count"):
+        return "-"
+    return f"{lat['p50_ms']} / {lat['p95_ms']} / {lat['p99_ms']} / {lat['max_ms']}"
+
+
+def table(results: dict[str, Any]) -> str:
+    phases = results.get("phases", {})
+    rows: list[tuple[str, str]] = []
+    machine = results.get("machine", {})
+    cfg = results.get("config", {})
+    rows.append(("machine", f"{machine.get('cores')} cores {machine.get('cpu', '')[:40]}, "
+                            f"{machine.get('memory_gib')} GiB, PostgreSQL "
+                            f"{machine.get('postgresql', '?')}, RabbitMQ {machine.get('rabbitmq', '?')}"))
+    rows.append(("config", f"workers {cfg.get('workers')}, prefetch {cfg.get('prefetch')}, batch "
+                           f"{cfg.get('batch_size')}/{cfg.get('batch_wait_ms')} ms, log "
+                           f"{cfg.get('log_level')}, SMS delay {cfg.get('sms_delay_ms')} ms, "
+                           f"{cfg.get('users')} users, daily cap {cfg.get('daily_cap')}"))
+    raw = phases.get("raw")
+    if raw:
+        rows.append(("raw ceiling (bare aio-pika, same prefetch)",
+                     f"{raw['rate']} msg/s ({raw['messages']} msgs, {raw['mean_body_bytes']} B)"))
+    tp = phases.get("throughput")
+    if tp:
+        rows += [
+            ("throughput: end-to-end rate",
+             f"{tp['rate_jobs_per_s']} jobs/s ({tp['jobs']} jobs, {tp['rate_sent_per_s']} sends/s;"
+             f" first publish -> last acceptance {tp['first_publish_to_last_acceptance_s']} s)"),
+            ("throughput: ratio to raw", str(tp.get("ratio_to_raw"))),
+            ("throughput: publish rate", f"{tp['publish']['rate']} jobs/s (confirmed)"),
+            ("throughput: latency p50/p95/p99/max ms", _lat(tp.get("latency"))),
+            ("throughput: peak RSS per process MB", _fmt_rss(tp.get("peak_rss_mb"))),
+            ("throughput: DB transactions per job",
+             f"{tp['database']['xacts_per_job']} (xact_commit delta; "
+             f"{tp['database']['tup_inserted_per_job']} rows inserted, "
+             f"{tp['database']['tup_updated_per_job']} updated per job)"),
+            ("throughput: CPU (% of one core)", _fmt_cpu(tp.get("cpu"))),
+            ("throughput: gateway CPU per job",
+             f"{tp.get('gateway_cpu_ms_per_job')} ms of gateway CPU (CPU-bound ceiling "
+             f"~{_ceiling(tp)} jobs/s with a full core per process)"),
+            ("throughput: others' load before the phase",
+             f"{_get(tp, 'background_before_phase', 'machine_busy_percent')} % of the machine"),
+        ]
+    inf = phases.get("inflight")
+    if inf and inf.get("inflight"):
+        i = inf["inflight"]
+        rows += [
+            ("inflight: peak jobs in flight", f"{i['peak_in_flight']} (target {i['target']})"),
+            ("inflight: peak RSS while >= 98 % of target MB",
+             _fmt_rss(i.get("peak_rss_while_at_target_mb"))),
+            ("inflight: peak RSS incl. the drain afterwards MB", _fmt_rss(inf.get("peak_rss_mb"))),
+        ]
+    lat = phases.get("latency")
+    if lat:
+        rows += [
+            ("latency: offered / achieved",
+             f"{lat.get('offered_rate')} / {lat['rate_jobs_per_s']} jobs/s for "
+             f"{lat['jobs']} jobs ({lat.get('rate_source', '')})"),
+            ("latency: p50/p95/p99/max ms", _lat(lat.get("latency"))),
+            ("latency: same, after 5 s warm-up", _lat(lat.get("latency_after_5s_warmup"))),
+            ("latency: peak RSS per process MB", _fmt_rss(lat.get("peak_rss_mb"))),
+        ]
+    width = max(len(r[0]) for r in rows) + 2
+    lines = ["", "=" * 100, "messaging-gateway benchmark summary", "=" * 100]
+    lines += [f"{name:<{width}}{value}" for name, value in rows]
+    lines += ["-" * 100, f"{'target':<48}{'value':<14}{'goal':<18}met"]
+    for t in results.get("targets", []):
+        met = {True: "yes", False: "NO", None: "n/a"}[t["met"]]
+        note = f"  ({t['note']})" if t.get("note") else ""
+        lines.append(f"{t['target']:<48}{str(t['value']):<14}{t['goal']:<18}{met}{note}")
+    for name, phase in phases.items():
+        checks = phase.get("correctness") or {}
+        failed = [k for k, c in checks.items() if isinstance(c, dict) and not c.get("ok")]
+        if failed:
+            lines.append(f"  {name}: failed checks: " + "; ".join(
+                f"{k} {({kk: vv for kk, vv in checks[k].items() if kk != 'ok'})}" for k in failed))
+    lines.append("=" * 100)
+    return "\n".join(lines)
+
+
+def _ceiling(phase: dict[str, Any]) -> str:
+    ms = phase.get("gateway_cpu_ms_per_job")
+    workers = phase.get("workers") or 1
+    return f"{1000 / (ms / workers):.0f}" if ms else "?"
+
+
+def _fmt_rss(rss: dict[str, float] | None) -> str:
+    if not rss:
+        return "-"
+    return ", ".join(f"{k} {v}" for k, v in rss.items())
+
+
+def _fmt_cpu(cpu: dict[str, Any] | None) -> str:
+    if not cpu:
+        return "-"
+    roles = ", ".join(f"{k} {v['percent_of_one_core']}" for k, v in cpu["roles"].items())
+    return f"{roles}; machine busy {cpu['machine_busy_percent']}% of {cpu['cores']} cores"

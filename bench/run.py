@@ -1,0 +1,1038 @@
+"""The gateway benchmark: ``make bench`` (or ``python -m bench``). See bench/README.md.
+
+Brings up, on loopback: a fresh PostgreSQL database and RabbitMQ vhost, fake providers (one
+process), N gateway worker processes (``python -m gateway serve --consumer-only``), and for the
+raw ceiling a bare aio-pika consumer process. Seeds users, endpoints, opt-outs and the policy,
+publishes jobs with pipelined publisher confirms, measures, checks correctness, prints one
+summary table, writes ``bench/results/latest.json``, and removes everything it made, also on
+failure and Ctrl-C (children also die with it: PR_SET_PDEATHSIG).
+
+Phases (``--mode``):
+
+- ``throughput``: the raw ceiling (bare consumer) then the gateway end to end, same N, same
+  prefetch; ratio = end-to-end rate / raw rate.
+- ``latency``: a fixed offered rate (default 80 % of the measured maximum: this run's, else the
+  last ``latest.json``'s, else a short probe) for ``--duration`` seconds; latency percentiles.
+- ``inflight``: the SMS fake answers after 2 s, prefetch high, so 10,000 jobs pile up in flight
+  in each gateway process; peak RSS.
+- ``all`` (default): throughput, inflight, latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import asyncpg
+import orjson
+import psutil
+
+from bench import infra, monitor, report, seed, stats
+from bench.publisher import Publisher, PublishResult
+
+PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+RESULTS = infra.ROOT / "bench" / "results"
+JOB_QUEUES = ("gateway.send.transactional", "gateway.send.promotional")
+RAW_EXCHANGE = "bench.raw"
+RAW_QUEUES = {"bench.raw.transactional": "send.transactional",
+              "bench.raw.promotional": "send.promotional"}
+ACCOUNT_SID = "AC" + "0" * 32
+RUN_TABLES = "messages, message_events, deliveries, daily_counters, campaign_counters"
+
+
+def log(text: str) -> None:
+    stamp = datetime.now().strftime("%H:%M:%S")
+    sys.stderr.write(f"[bench {stamp}] {text}\n")
+    sys.stderr.flush()
+
+
+class BenchFailed(Exception):
+    pass
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    run_id: str = field(default_factory=lambda: f"{os.getpid()}_{secrets.token_hex(3)}")
+    children: infra.Children = field(default_factory=infra.Children)
+    results: dict[str, Any] = field(default_factory=dict)
+    tmp: Path | None = None
+    admin: asyncpg.Connection | None = None
+    db_created: bool = False
+    vhost_created: bool = False
+    fakes: infra.Child | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    amqp: aio_pika.abc.AbstractConnection | None = None
+    amqp_channel: aio_pika.abc.AbstractChannel | None = None
+    http: aiohttp.ClientSession | None = None
+    population: seed.Population | None = None
+    own_xacts: int = 0
+    pg_proxy: Any = None
+
+    @property
+    def db_name(self) -> str:
+        return f"{infra.PREFIX_DB}{self.run_id}"
+
+    @property
+    def vhost(self) -> str:
+        return f"{infra.PREFIX_VHOST}{self.run_id.replace('_', '-')}"
+
+    @property
+    def db_url(self) -> str:
+        return infra.with_database(PG_ADMIN_URL, self.db_name)
+
+    @property
+    def amqp_url(self) -> str:
+        return infra.with_vhost(AMQP_URL, self.vhost)
+
+    # --- setup and teardown --------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+        try:
+            self.admin = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise BenchFailed(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}") from None
+        await infra.drop_stale(self.admin, log)
+        await self.admin.execute(f'CREATE DATABASE "{self.db_name}"')
+        self.db_created = True
+        try:
+            await infra.rabbitmqctl_async("add_vhost", self.vhost)
+            self.vhost_created = True
+            await infra.rabbitmqctl_async("set_permissions", "-p", self.vhost, "guest", ".*", ".*",
+                                          ".*")
+        except Exception as exc:
+            raise BenchFailed(f"cannot create the RabbitMQ vhost with rabbitmqctl: {exc}") from None
+        log(f"database {self.db_name}, vhost {self.vhost}")
+        migrate = await self.children.spawn(
+            "migrate", [infra.python(), "-m", "gateway", "migrate"],
+            env=self._env(), log_path=self.tmp / "migrate.log",
+        )
+        if await asyncio.wait_for(migrate.process.wait(), timeout=60) != 0:
+            raise BenchFailed(f"gateway migrate failed:\n{migrate.tail()}")
+        await self.children.stop(migrate)
+        now = datetime.now(timezone.utc)
+        self.population = seed.build_population(
+            users=self.args.users, daily_cap=self.args.daily_cap, seed=self.args.seed, now=now
+        )
+        conn = await asyncpg.connect(self.db_url)
+        try:
+            seeded = await seed.seed_database(conn, self.population)
+        finally:
+            await conn.close()
+        self.results["population"] = {**self.population.describe(), "seed_seconds": seeded["seconds"],
+                                      "endpoints": seeded["endpoints"]}
+        log(f"seeded {self.args.users} users, {seeded['endpoints']} endpoints, "
+            f"{seeded['opt_outs']} opt-outs in {seeded['seconds']} s; quiet hours "
+            f"{self.population.quiet_hours} (quiet zones {self.population.quiet_zones})")
+        self._write_apns_key()
+        if self.args.pg_proxy:
+            from bench.pgproxy import PgProxy
+
+            host, port = infra.host_port(PG_ADMIN_URL)
+            self.pg_proxy = PgProxy(host, port)
+            await self.pg_proxy.start()
+            log(f"--pg-proxy: workers reach PostgreSQL through a counting proxy on port "
+                f"{self.pg_proxy.port} (timings through it are not headline figures)")
+        self.fakes = await self.children.spawn(
+            "fakes",
+            [infra.python(), "-m", "bench.fakes", "--max-seconds", str(self.args.max_seconds + 60),
+             "--sms-delay-ms", self.args.sms_delay_ms],
+            log_path=self.tmp / "fakes.log", stdout_pipe=True,
+        )
+        ready = await infra.read_json_line(self.fakes, timeout=20)
+        self.ports = ready["ports"]
+        self.http = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{self.ports['sms']}")
+        # Not robust: a robust channel caches queue declarations, and the passive declarations
+        # below must ask the broker every time (consumer and message counts).
+        self.amqp = await aio_pika.connect(
+            self.amqp_url, client_properties={"connection_name": "bench-control"}
+        )
+        self.amqp_channel = await self.amqp.channel()
+        from gateway.amqp import declare_topology  # the gateway's own topology, kept in sync
+
+        await declare_topology(self.amqp_channel)
+        raw = await self.amqp_channel.declare_exchange(RAW_EXCHANGE, aio_pika.ExchangeType.TOPIC,
+                                                       durable=True)
+        for name, key in RAW_QUEUES.items():
+            queue = await self.amqp_channel.declare_queue(name, durable=True)
+            await queue.bind(raw, routing_key=key)
+
+    def _write_apns_key(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        assert self.tmp is not None
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        (self.tmp / "apns.p8").write_bytes(pem)
+
+    async def teardown(self) -> None:
+        await self.children.stop_all(grace=10)
+        if self.http is not None:
+            await self.http.close()
+        if self.pg_proxy is not None:
+            await self.pg_proxy.stop()
+        if self.amqp is not None:
+            try:
+                await asyncio.wait_for(self.amqp.close(), timeout=5)
+            except Exception:
+                pass
+        if self.args.keep:
+            log(f"--keep: leaving database {self.db_name}, vhost {self.vhost}, {self.tmp}")
+            return
+        if self.admin is not None:
+            if self.db_created:
+                try:
+                    await self.admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+                except Exception as exc:
+                    log(f"could not drop database {self.db_name}: {exc}")
+            await self.admin.close()
+        if self.vhost_created:
+            try:
+                await infra.rabbitmqctl_async("delete_vhost", self.vhost)
+            except Exception as exc:
+                log(f"could not delete vhost {self.vhost}: {exc}")
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        log("cleaned up: processes stopped, database dropped, vhost deleted")
+
+    # --- gateway workers -----------------------------------------------------------------------
+
+    def _env(self, **settings: Any) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        db_url = self.db_url
+        if self.pg_proxy is not None and self.pg_proxy.port:
+            db_url = infra.with_database(
+                f"postgresql://postgres@127.0.0.1:{self.pg_proxy.port}/x", self.db_name
+            ) + "?sslmode=disable"
+        values: dict[str, Any] = {
+            "DATABASE_URL": db_url,
+            "AMQP_URL": self.amqp_url,
+            "API_TOKEN": "bench-token-" + "x" * 20,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": self.args.log_level,
+        }
+        if self.ports:
+            assert self.tmp is not None
+            values.update({
+                "HTTP_HOST": "127.0.0.1",
+                "SMTP_HOST": "127.0.0.1",
+                "SMTP_PORT": self.ports["smtp"],
+                "SMTP_POOL_SIZE": self.args.smtp_pool_size,
+                "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+                "TWILIO_AUTH_TOKEN": "bench-auth-token",
+                "TWILIO_BASE_URL": f"http://127.0.0.1:{self.ports['sms']}",
+                "SMS_FROM": "+14155550100",
+                "SMS_RATE_PER_SECOND": 100000,
+                "SMS_MAX_CONCURRENCY": self.args.sms_concurrency,
+                "APNS_BASE_URL": f"http://127.0.0.1:{self.ports['apns']}",
+                "APNS_KEY_FILE": str(self.tmp / "apns.p8"),
+                "APNS_KEY_ID": "BENCHKEY01",
+                "APNS_TEAM_ID": "BENCHTEAM1",
+                "APNS_TOPIC": "com.example.bench",
+                "PUSH_RATE_PER_SECOND": 100000,
+                "PUSH_BURST": 1000,
+                "PREFETCH": self.args.prefetch,
+                "BATCH_SIZE": self.args.batch_size,
+                "BATCH_WAIT_MS": self.args.batch_wait_ms,
+            })
+        values.update(settings)
+        env.update({f"GATEWAY_{k}": str(v) for k, v in values.items()})
+        return env
+
+    async def start_workers(self, traced: bool = False, **settings: Any) -> list[infra.Child]:
+        assert self.tmp is not None
+        workers = []
+        for index in range(self.args.workers):
+            env = self._env(**settings)
+            argv = [infra.python(), "-m", "gateway", "serve", "--consumer-only"]
+            if self.args.gc_threshold or self.args.gc_freeze:
+                argv = [infra.python(), "-m", "bench.traced_worker"]
+                env["BENCH_GC_THRESHOLD"] = self.args.gc_threshold or ""
+                env["BENCH_GC_FREEZE"] = "1" if self.args.gc_freeze else "0"
+            if traced and index == 0:
+                argv = [infra.python(), "-m", "bench.traced_worker"]
+                env["BENCH_TRACEMALLOC_OUT"] = str(self.tmp / "tracemalloc.txt")
+                env["BENCH_TRACEMALLOC"] = "1" if self.args.tracemalloc else "0"
+            workers.append(await self.children.spawn(
+                f"worker-{index}", argv, env=env, log_path=self.tmp / f"worker-{index}.log",
+            ))
+        deadline = time.monotonic() + 30
+        while True:
+            for worker in workers:
+                if worker.process.returncode is not None:
+                    raise BenchFailed(f"{worker.name} exited with {worker.process.returncode}:\n"
+                                      f"{worker.tail()}")
+            counts = [q.declaration_result.consumer_count for q in await self._queues(JOB_QUEUES)]
+            if all(c >= len(workers) for c in counts):
+                return workers
+            if time.monotonic() > deadline:
+                raise BenchFailed(f"workers did not start consuming within 30 s:\n"
+                                  f"{workers[0].tail()}")
+            await asyncio.sleep(0.1)
+
+    async def stop_workers(self, workers: list[infra.Child]) -> list[int | None]:
+        codes = await asyncio.gather(*(self.children.stop(w, grace=25) for w in workers))
+        return list(codes)
+
+    async def _queues(self, names: tuple[str, ...] | list[str]) -> list[aio_pika.abc.AbstractQueue]:
+        assert self.amqp_channel is not None
+        return [await self.amqp_channel.declare_queue(n, passive=True) for n in names]
+
+    async def _purge(self, names: tuple[str, ...] | list[str]) -> None:
+        for queue in await self._queues(names):
+            await queue.purge()
+
+    # --- fakes ---------------------------------------------------------------------------------
+
+    async def fakes_control(self, **body: Any) -> None:
+        assert self.http is not None
+        async with self.http.post("/_bench/control", data=orjson.dumps(body)) as response:
+            response.raise_for_status()
+
+    async def fakes_count(self) -> dict[str, Any]:
+        assert self.http is not None
+        async with self.http.get("/_bench/count") as response:
+            return orjson.loads(await response.read())
+
+    async def fakes_records(self) -> dict[str, Any]:
+        assert self.http is not None
+        async with self.http.get("/_bench/records") as response:
+            return orjson.loads(await response.read())
+
+    # --- database helpers ----------------------------------------------------------------------
+
+    async def reset_run_state(self) -> None:
+        conn = await asyncpg.connect(self.db_url)
+        try:
+            await conn.execute(f"TRUNCATE {RUN_TABLES}")
+        finally:
+            await conn.close()
+        await self._purge([*JOB_QUEUES, "gateway.dead", *RAW_QUEUES])
+
+    async def final_count(self, conn: asyncpg.Connection) -> tuple[int, int]:
+        self.own_xacts += 1
+        row = await conn.fetchrow(
+            "SELECT count(*) AS total, count(*) FILTER (WHERE status = ANY($1::text[])) AS final"
+            " FROM messages", list(stats.FINAL),
+        )
+        assert row is not None
+        return int(row["total"]), int(row["final"])
+
+    # --- phases --------------------------------------------------------------------------------
+
+    def _workload(self, count: int, prefix: str, transactional_share: float | None = None
+                  ) -> seed.Workload:
+        assert self.population is not None
+        if self.args.templates:
+            raise BenchFailed("--templates: stored templates per channel are not there yet "
+                              "(TODO: seed one template per channel and publish template jobs)")
+        return seed.build_workload(
+            self.population, count=count, prefix=f"{prefix}{self.run_id[-6:]}",
+            seed=self.args.seed,
+            transactional_share=self.args.transactional_share if transactional_share is None
+            else transactional_share,
+            expires_at=seed.expires_for_run(datetime.now(timezone.utc)),
+        )
+
+    async def _quiet_machine(self, name: str) -> dict[str, Any]:
+        """Measure the machine's load from others before a phase; with ``--wait-quiet S`` wait
+        up to S seconds for it to drop under 15 %. Warn when it is busy."""
+        deadline = time.monotonic() + self.args.wait_quiet
+        while True:
+            background = await asyncio.to_thread(monitor.background_load, 1.0, {os.getpid()})
+            if background["machine_busy_percent"] <= 15 or time.monotonic() >= deadline:
+                break
+        if background["machine_busy_percent"] > 15:
+            log(f"WARNING: the machine is {background['machine_busy_percent']}% busy before "
+                f"{name} starts (not us): {background['busy_processes']}; figures will suffer")
+        return background
+
+    async def phase_raw(self, count: int) -> dict[str, Any]:
+        """Publish ``count`` same-size messages; a bare consumer acks them, no work."""
+        assert self.tmp is not None
+        log(f"raw ceiling: {count} messages, prefetch {self.args.prefetch}, bare aio-pika consumer")
+        background = await self._quiet_machine("raw")
+        await self._purge(list(RAW_QUEUES))
+        workload = self._workload(count, "raw")
+        consumer = await self.children.spawn(
+            "raw-consumer",
+            [infra.python(), "-m", "bench.raw", "--url", self.amqp_url,
+             *[arg for q in RAW_QUEUES for arg in ("--queue", q)],
+             "--prefetch", str(self.args.prefetch), "--count", str(count),
+             "--timeout", str(max(60, count / 500))],
+            log_path=self.tmp / "raw.log", stdout_pipe=True,
+        )
+        await infra.read_json_line(consumer, timeout=20)
+        cpu = monitor.CpuAccount({
+            "raw_consumer": lambda: [psutil.Process(consumer.pid)],
+            "bench_publisher": monitor.self_process,
+            "rabbitmq": monitor.rabbitmq_processes,
+        })
+        cpu.start()
+        async with Publisher(self.amqp_url, exchange=RAW_EXCHANGE) as publisher:
+            published = await publisher.burst([(j.routing_key, j.body) for j in workload.jobs])
+        result = await infra.read_json_line(consumer, timeout=max(60, count / 500) + 10)
+        cpu_result = cpu.stop()
+        await self.children.stop(consumer)
+        seconds = result["last_ack"] - published.first
+        body_sizes = [len(orjson.dumps(j.body)) for j in workload.jobs[:1000]]
+        out = {
+            "messages": count,
+            "acked": result["acked"],
+            "timed_out": bool(result.get("timed_out")),
+            "seconds": round(seconds, 3),
+            "rate": round(result["acked"] / seconds, 1),
+            "publish": published.to_json(),
+            "mean_body_bytes": round(sum(body_sizes) / len(body_sizes)),
+            "cpu": cpu_result,
+            "background_before_phase": background,
+        }
+        log(f"raw ceiling: {out['rate']} msg/s ({out['acked']} acked in {out['seconds']} s)")
+        return out
+
+    async def phase_gateway(
+        self, name: str, count: int, *, rate: float | None = None,
+        transactional_share: float | None = None, worker_settings: dict[str, Any] | None = None,
+        sms_delay_ms: str | None = None, inflight_target: int | None = None,
+        profile: bool = False,
+    ) -> dict[str, Any]:
+        """Publish ``count`` jobs (burst, or paced at ``rate``) to the gateway; measure; check."""
+        assert self.admin is not None and self.tmp is not None
+        workload = self._workload(count, name[:3], transactional_share)
+        await self.reset_run_state()
+        lo, _, hi = (sms_delay_ms or self.args.sms_delay_ms).partition("-")
+        await self.fakes_control(reset=True, sms_delay_ms=[float(lo), float(hi or lo)])
+        background = await self._quiet_machine(name)
+        traced = bool(inflight_target and (self.args.tracemalloc or self.args.heap_report))
+        workers = await self.start_workers(traced=traced, **(worker_settings or {}))
+        pids = {w.name: w.pid for w in workers}
+        fakes_pid = self.fakes.pid if self.fakes else os.getpid()
+        cpu = monitor.CpuAccount({
+            "gateway_workers": lambda: [psutil.Process(p) for p in pids.values()
+                                        if psutil.pid_exists(p)],
+            "fake_providers": lambda: [psutil.Process(fakes_pid)],
+            "bench_publisher": monitor.self_process,
+            "postgres": lambda: monitor.postgres_processes(self.db_name),
+            "rabbitmq": monitor.rabbitmq_processes,
+        })
+        rss = monitor.RssSampler(pids, interval=0.1)
+        await asyncio.sleep(0.5)  # let the workers' start-up statements flush their statistics
+        db_before = await stats.database_counters(self.admin, self.db_name)
+        self.own_xacts = 0
+        if self.pg_proxy is not None:
+            self.pg_proxy.reset()
+        spy = await self._start_profiler(workers[0]) if profile else None
+        cpu.start()
+        rss.start()
+        waits = asyncio.create_task(self._sample_db_waits())
+        mode = f"paced at {rate:.0f}/s" if rate else "burst"
+        log(f"{name}: {count} jobs ({mode}), {len(workers)} worker(s), prefetch "
+            f"{(worker_settings or {}).get('PREFETCH', self.args.prefetch)}, batch "
+            f"{self.args.batch_size}/{self.args.batch_wait_ms} ms, log level {self.args.log_level}")
+        items = [(j.routing_key, j.body) for j in workload.jobs]
+        poll = await asyncpg.connect(self.db_url, server_settings={"application_name": "bench"})
+        inflight: dict[str, Any] = {}
+        try:
+            async with Publisher(self.amqp_url, exchange="gateway.jobs") as publisher:
+                live = PublishResult()
+                publishing = asyncio.create_task(
+                    publisher.paced(items, rate, live) if rate else publisher.burst(items, live)
+                )
+                if inflight_target:
+                    inflight = await self._watch_inflight(publishing, live, poll,
+                                                          inflight_target, rss,
+                                                          workers[0] if traced else None)
+                published = await publishing
+            log(f"{name}: published {published.count} in {published.seconds:.2f} s "
+                f"({published.count / published.seconds:.0f}/s, nacked {published.nacked})")
+            done = await self._wait_done(poll, workload, published, name)
+        finally:
+            await poll.close()
+            waits.cancel()
+            db_waits = await waits
+            if sys.exc_info()[0] is not None:  # failing: stop the samplers, teardown does the rest
+                await rss.stop()
+                cpu.stop()
+        proxy = self.pg_proxy.snapshot() if self.pg_proxy is not None else None
+        if spy is not None:
+            await self._stop_profiler(spy)
+        cpu_result = cpu.stop()
+        await rss.stop()
+        codes = await self.stop_workers(workers)
+        await asyncio.sleep(1.0)  # backends exit and flush their statistics
+        db_after = await stats.database_counters(self.admin, self.db_name)
+        records = await self.fakes_records()
+        out = self._measure(name, workload, published, done, records, rss, cpu_result,
+                            db_before, db_after, codes, rate)
+        out["background_before_phase"] = background
+        out["database"]["backend_states_sampled"] = db_waits
+        if inflight:
+            out["inflight"] = inflight
+        if proxy is not None:
+            proxy["round_trips_per_job"] = round(proxy["round_trips"] / count, 4)
+            out["pg_proxy"] = proxy
+            log(f"{name}: pg proxy: {proxy['round_trips']} round trips "
+                f"({proxy['round_trips_per_job']}/job); executions "
+                f"{proxy['executions_by_statement']}; simple {proxy['simple_queries']}")
+        out["correctness"] = await self._check(workload, records, codes, workers)
+        return out
+
+    async def _sample_db_waits(self) -> dict[str, Any]:
+        """What the gateway's PostgreSQL backends are doing, sampled every 0.2 s from
+        pg_stat_activity (read through the admin database: costs the bench database nothing)."""
+        counter: Counter[str] = Counter()
+        samples = 0
+        conn = await asyncpg.connect(PG_ADMIN_URL)  # its own: the admin one is used meanwhile
+        try:
+            while True:
+                rows = await conn.fetch(
+                    "SELECT state, wait_event_type, wait_event FROM pg_stat_activity"
+                    " WHERE datname = $1 AND application_name <> 'bench'", self.db_name,
+                )
+                samples += 1
+                for r in rows:
+                    if r["state"] == "active":
+                        what = f"active: {r['wait_event_type']}/{r['wait_event']}" \
+                            if r["wait_event_type"] else "active: on CPU"
+                    else:
+                        what = str(r["state"])
+                    counter[what] += 1
+                await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await conn.close()
+        return {"samples": samples,
+                "mean_backends": {k: round(v / max(samples, 1), 2)
+                                  for k, v in counter.most_common(8)}}
+
+    async def _watch_inflight(
+        self, publishing: asyncio.Task[PublishResult], live: PublishResult,
+        poll: asyncpg.Connection, target: int, rss: monitor.RssSampler,
+        traced: infra.Child | None = None,
+    ) -> dict[str, Any]:
+        """Sample jobs in flight (published - ready - final) with RSS; release the slow fake
+        once the pile-up has held for a few seconds."""
+        peak, at_peak_rss, samples = 0, {}, []
+        started = time.monotonic()
+        held_since: float | None = None
+        while time.monotonic() - started < 60:
+            ready = sum(q.declaration_result.message_count or 0
+                        for q in await self._queues(JOB_QUEUES))
+            _, final = await self.final_count(poll)
+            fakes = await self.fakes_count()
+            # Confirmed by the broker, minus still in the queues, minus finished.
+            in_flight = max(0, live.confirmed - ready - final)
+            samples.append((round(time.monotonic() - started, 2), in_flight,
+                            rss.current_mb(), fakes["sms_in_flight"]))
+            if in_flight > peak:
+                peak, at_peak_rss = in_flight, rss.current_mb()
+            if in_flight >= 0.98 * target and held_since is None:
+                held_since = time.monotonic()
+            if held_since is not None and time.monotonic() - held_since > 3:
+                # Held at the target: wait until RSS stops growing (< 1 MB in 2 s), at most 20 s.
+                recent = [s[2] for s in samples if s[0] >= samples[-1][0] - 2]
+                grew = max((recent[-1].get(k, 0) - recent[0].get(k, 0)) for k in recent[-1])
+                if grew < 1 or time.monotonic() - held_since > 20:
+                    break
+            if publishing.done() and time.monotonic() - started > 30:
+                break
+            await asyncio.sleep(0.25)
+        held_rss = [s[2] for s in samples if s[1] >= 0.98 * target]
+        if traced is not None:
+            await self._dump_heap(traced)
+        await self.fakes_control(sms_delay_ms=[0, 0], release=True)  # let the pile drain
+        log(f"inflight: peak {peak} jobs in flight, RSS then {at_peak_rss} MB, "
+            f"peak RSS {rss.peak_mb()} MB; releasing the slow SMS fake")
+        peak_held = {name: max(s.get(name, 0) for s in held_rss) for name in at_peak_rss} \
+            if held_rss else {}
+        return {"target": target, "peak_in_flight": peak, "rss_at_peak_in_flight_mb": at_peak_rss,
+                "peak_rss_while_at_target_mb": peak_held,
+                "peak_rss_until_release_mb": rss.peak_mb(),
+                "held_seconds": round(len(held_rss) * 0.25, 2), "samples": samples}
+
+    async def _wait_done(
+        self, poll: asyncpg.Connection, workload: seed.Workload, published: PublishResult,
+        name: str,
+    ) -> dict[str, Any]:
+        """Until the fakes accepted every expected send and every job is final (bounded)."""
+        expected_sent = workload.expected_sent
+        deadline = time.monotonic() + max(60.0, len(workload.jobs) / 250)
+        last_total, last_change = -1, time.monotonic()
+        stalled = False
+        while time.monotonic() < deadline:
+            counts = await self.fakes_count()
+            total = sum(counts[c]["accepted"] + counts[c]["duplicates"]
+                        for c in ("sms", "email", "push"))
+            if total >= expected_sent:
+                break
+            if total != last_total:
+                last_total, last_change = total, time.monotonic()
+            elif time.monotonic() - last_change > 15:
+                stalled = True
+                break
+            await asyncio.sleep(0.1)
+        final_deadline = time.monotonic() + 30
+        total_rows = final = 0
+        while time.monotonic() < min(deadline + 30, final_deadline):
+            total_rows, final = await self.final_count(poll)
+            if final >= len(workload.jobs):
+                break
+            await asyncio.sleep(0.25)
+        all_final_at = time.time()
+        complete = final >= len(workload.jobs)
+        if not complete:
+            log(f"{name}: NOT COMPLETE: {final}/{len(workload.jobs)} final "
+                f"({total_rows} rows){' - stalled' if stalled else ''}")
+        return {"complete": complete, "final": final, "rows": total_rows, "stalled": stalled,
+                "all_final_at": all_final_at}
+
+    def _measure(
+        self, name: str, workload: seed.Workload, published: PublishResult,
+        done: dict[str, Any], records: dict[str, Any], rss: monitor.RssSampler,
+        cpu_result: dict[str, Any], db_before: dict[str, int], db_after: dict[str, int],
+        codes: list[int | None], rate: float | None,
+    ) -> dict[str, Any]:
+        first = published.first
+        lat_all: list[float] = []
+        t0_all: list[float] = []
+        per_channel: dict[str, Any] = {}
+        last_accept = first
+        for channel in ("sms", "email", "push"):
+            rec = records[channel]
+            lats = [at - t0 for t0, at in zip(rec["t0"], rec["at"])]
+            lat_all += lats
+            t0_all += rec["t0"]
+            if rec["at"]:
+                last_accept = max(last_accept, max(rec["at"]))
+            per_channel[channel] = {"accepted": rec["accepted"], **stats.latency_summary(lats)}
+        jobs = len(workload.jobs)
+        seconds = max(last_accept - first, 1e-9)
+        xacts = db_after.get("xact_commit", 0) - db_before.get("xact_commit", 0) - self.own_xacts
+        db = stats.delta(db_after, db_before)
+        out: dict[str, Any] = {
+            "jobs": jobs,
+            "workers": self.args.workers,
+            "complete": done["complete"],
+            "first_publish_to_last_acceptance_s": round(seconds, 3),
+            "rate_jobs_per_s": round(jobs / seconds, 1),
+            "rate_sent_per_s": round(len(lat_all) / seconds, 1),
+            "first_publish_to_all_final_s": round(done["all_final_at"] - first, 3),
+            "publish": published.to_json(),
+            "latency": stats.latency_summary(lat_all),
+            "latency_by_channel": per_channel,
+            "peak_rss_mb": rss.peak_mb(),
+            "rss_mb_every_second": [
+                [round(t, 1), {k: round(v / monitor.MB, 1) for k, v in sample.items()}]
+                for t, sample in rss.series[::10]
+            ],
+            "cpu": cpu_result,
+            "database": {
+                "xact_commit": xacts,
+                "xacts_per_job": round(xacts / jobs, 4),
+                "bench_own_xacts_subtracted": self.own_xacts,
+                "tup_inserted_per_job": round(db.get("tup_inserted", 0) / jobs, 2),
+                "tup_updated_per_job": round(db.get("tup_updated", 0) / jobs, 2),
+                "xact_rollback": db.get("xact_rollback", 0),
+            },
+            "gateway_cpu_ms_per_job": round(
+                1000 * cpu_result["roles"]["gateway_workers"]["cpu_seconds"] / jobs, 3),
+            "worker_exit_codes": codes,
+            "expected": dict(workload.expected),
+            "sms_max_in_flight_at_fake": records.get("sms_max_in_flight"),
+        }
+        if rate:
+            out["offered_rate"] = round(rate, 1)
+            steady = [(t0, lat) for t0, lat in zip(t0_all, lat_all) if t0 - first >= 5]
+            out["latency_after_5s_warmup"] = stats.latency_summary([lat for _, lat in steady])
+            out["latency_windows_10s"] = stats.windows(t0_all, lat_all, first, 10.0)
+        lat = out["latency"]
+        log(f"{name}: {out['rate_jobs_per_s']} jobs/s end to end ({jobs} jobs in {seconds:.2f} s),"
+            f" latency p50 {lat.get('p50_ms')} p95 {lat.get('p95_ms')} p99 {lat.get('p99_ms')} "
+            f"max {lat.get('max_ms')} ms, peak RSS {rss.peak_mb()} MB, "
+            f"{out['database']['xacts_per_job']} db xacts/job")
+        return out
+
+    async def _check(
+        self, workload: seed.Workload, records: dict[str, Any], codes: list[int | None],
+        workers: list[infra.Child],
+    ) -> dict[str, Any]:
+        """Every job exactly one final state; none sent twice; caps held; outcomes as expected."""
+        assert self.population is not None
+        checks: dict[str, Any] = {}
+        conn = await asyncpg.connect(self.db_url)
+        try:
+            rows = await conn.fetch("SELECT status, count(*) AS n FROM messages GROUP BY status")
+            by_status = {r["status"]: int(r["n"]) for r in rows}
+            total = sum(by_status.values())
+            checks["all_jobs_recorded"] = {"ok": total == len(workload.jobs), "rows": total,
+                                           "jobs": len(workload.jobs)}
+            not_final = sum(n for s, n in by_status.items() if s not in stats.FINAL)
+            checks["all_final"] = {"ok": not_final == 0, "by_status": by_status}
+            bad_events = await conn.fetchval(
+                "SELECT count(*) FROM (SELECT m.id, count(e.message_id) FILTER"
+                " (WHERE e.status = ANY($1::text[])) AS finals FROM messages m"
+                " LEFT JOIN message_events e ON e.message_id = m.id GROUP BY m.id) x"
+                " WHERE finals <> 1", list(stats.FINAL),
+            )
+            checks["exactly_one_final_event_each"] = {"ok": bad_events == 0,
+                                                      "messages_without_exactly_one": bad_events}
+            expected = {k: v for k, v in workload.expected.items() if v}
+            got = {k: v for k, v in by_status.items() if v}
+            checks["outcomes_as_expected"] = {"ok": got == expected, "expected": expected,
+                                              "got": got}
+            cap = self.population.daily_cap
+            max_counter = await conn.fetchval(
+                "SELECT coalesce(max(count), 0) FROM daily_counters WHERE channel = ''"
+            )
+            over = await conn.fetchval(
+                "SELECT count(*) FROM (SELECT coalesce('user:' || (job->'to'->>'user_id'),"
+                " 'address:' || channel || ':' || recipient) AS k FROM messages"
+                " WHERE kind = 'promotional' AND status = 'sent') s GROUP BY k"
+                " HAVING count(*) > $1", cap,
+            )
+            checks["caps_held"] = {"ok": max_counter <= cap and not over, "daily_cap": cap,
+                                   "max_daily_counter": max_counter,
+                                   "recipients_over_cap_by_messages": over or 0}
+            sent_ids = {r["id"] for r in await conn.fetch("SELECT id FROM messages WHERE status = 'sent'")}
+        finally:
+            await conn.close()
+        accepted = Counter()
+        duplicates = 0
+        unparsed = 0
+        for channel in ("sms", "email", "push"):
+            accepted.update(records[channel]["refs"])
+            duplicates += records[channel]["duplicates"]
+            unparsed += records[channel]["unparsed"]
+        checks["none_sent_twice"] = {"ok": duplicates == 0 and unparsed == 0,
+                                     "duplicates": duplicates, "unparsed_at_fake": unparsed}
+        provider_ids = set(accepted)
+        checks["providers_match_sent"] = {
+            "ok": provider_ids == sent_ids,
+            "sent_in_db": len(sent_ids), "accepted_by_fakes": len(provider_ids),
+            "sent_not_at_provider": len(sent_ids - provider_ids),
+            "at_provider_not_sent": len(provider_ids - sent_ids),
+        }
+        dead = (await self._queues(["gateway.dead"]))[0].declaration_result.message_count or 0
+        checks["no_dead_letters"] = {"ok": dead == 0, "dead_letters": dead}
+        checks["workers_exited_cleanly"] = {"ok": all(c == 0 for c in codes), "exit_codes": codes}
+        errors = []
+        for worker in workers:
+            tail = worker.tail(200)
+            errors += [line for line in tail.splitlines() if '"level":"error"' in line][:3]
+        checks["no_worker_errors_logged"] = {"ok": not errors, "first": errors[:3]}
+        ok = all(c["ok"] for c in checks.values())
+        checks["ok"] = ok
+        if not ok:
+            log("correctness FAILED: " + ", ".join(k for k, c in checks.items()
+                                                   if isinstance(c, dict) and not c["ok"]))
+        else:
+            log("correctness: all checks passed")
+        return checks
+
+    async def _dump_heap(self, worker: infra.Child) -> None:
+        """SIGUSR1 to the traced worker; copy its tracemalloc report into bench/results."""
+        assert self.tmp is not None
+        out = self.tmp / "tracemalloc.txt"
+        out.unlink(missing_ok=True)
+        worker.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 120
+        size = -1
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            if out.exists() and out.stat().st_size == size and size > 0:
+                break
+            size = out.stat().st_size if out.exists() else -1
+        worker.process.send_signal(signal.SIGUSR2)  # tracemalloc off: let the drain run
+        if out.exists():
+            shutil.copy(out, RESULTS / "inflight-memory.txt")
+            log("heap report -> bench/results/inflight-memory.txt")
+        else:
+            log("heap report: the worker wrote none")
+
+    # --- profiler ------------------------------------------------------------------------------
+
+    async def _start_profiler(self, worker: infra.Child) -> infra.Child | None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            log("--profile: py-spy not found (pip install py-spy into .venv); not profiling")
+            return None
+        assert self.tmp is not None
+        raw = RESULTS / self._profile_name("txt")
+        child = await self.children.spawn(
+            "py-spy",
+            [spy, "record", "--pid", str(worker.pid), "--rate", str(self.args.profile_rate),
+             "--format", "raw", "--output", str(raw), "--duration", "600", "--gil",
+             *(["--native"] if self.args.profile_native else [])],
+            log_path=self.tmp / "py-spy.log",
+        )
+        await asyncio.sleep(1.0)
+        if child.process.returncode is not None:
+            log(f"py-spy failed to start:\n{child.tail()}")
+            return None
+        log(f"profiling {worker.name} (pid {worker.pid}) with py-spy at "
+            f"{self.args.profile_rate} Hz, --gil (samples of the thread holding the GIL: "
+            f"Python CPU, not waits) -> {raw}")
+        return child
+
+    async def _stop_profiler(self, spy: infra.Child) -> None:
+        if spy.process.returncode is None:
+            spy.process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(spy.process.wait(), timeout=20)
+            except TimeoutError:
+                log("py-spy did not stop on SIGINT")
+        await self.children.stop(spy)
+        raw = RESULTS / self._profile_name("txt")
+        if raw.exists():
+            from bench import hotspots
+
+            summary = hotspots.summarise(raw.read_text())
+            svg, text = RESULTS / self._profile_name("svg"), RESULTS / self._profile_name("hot")
+            hotspots.write_svg(raw.read_text(), svg,
+                               title=f"gateway worker, {self.args.profile_phase} phase (py-spy "
+                                     f"--gil{' --native' if self.args.profile_native else ''})")
+            text.write_text(hotspots.format_summary(summary))
+            self.results["profile"] = {"phase": self.args.profile_phase, **summary}
+            log(f"profile: {summary['samples']} samples -> bench/results/{svg.name}, {text.name}")
+
+    def _profile_name(self, kind: str) -> str:
+        base = "profile" if self.args.profile_phase == "throughput" else \
+            f"profile-{self.args.profile_phase}"
+        return {"txt": f"{base}.txt", "svg": f"{base}.svg", "hot": f"{base}-hotspots.txt"}[kind]
+
+    # --- the run -------------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        args = self.args
+        self.results["started_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.results["machine"] = machine()
+        self.results["config"] = {k: v for k, v in vars(args).items()}
+        await self.setup()
+        phases: dict[str, Any] = {}
+        self.results["phases"] = phases
+        modes = {"all": ["throughput", "inflight", "latency"]}.get(args.mode, [args.mode])
+        if "throughput" in modes:
+            if not args.skip_raw:
+                phases["raw"] = await self.phase_raw(args.jobs)
+            phases["throughput"] = await self.phase_gateway(
+                "throughput", args.jobs, profile=args.profile and args.profile_phase == "throughput"
+            )
+            if "raw" in phases:
+                phases["throughput"]["ratio_to_raw"] = round(
+                    phases["throughput"]["rate_jobs_per_s"] / phases["raw"]["rate"], 3
+                )
+        if "inflight" in modes:
+            target = args.inflight
+            phases["inflight"] = await self.phase_gateway(
+                "inflight", int(target * args.workers * 1.5), transactional_share=0.5,
+                worker_settings={"PREFETCH": max(args.prefetch, target // 2),
+                                 "SMS_MAX_CONCURRENCY": 1000,
+                                 # Longer than the fake's hold: no send may time out here.
+                                 "PROVIDER_TIMEOUT_SECONDS": args.inflight_sms_delay_ms / 1000 + 30},
+                sms_delay_ms=f"{args.inflight_sms_delay_ms}-{args.inflight_sms_delay_ms}",
+                inflight_target=target * args.workers,
+                profile=args.profile and args.profile_phase == "inflight",
+            )
+        if "latency" in modes:
+            rate, source = await self._offered_rate(phases)
+            phases["latency"] = await self.phase_gateway(
+                "latency", int(rate * args.duration), rate=rate,
+                profile=args.profile and args.profile_phase == "latency",
+            )
+            phases["latency"]["rate_source"] = source
+        return self.results
+
+    async def _offered_rate(self, phases: dict[str, Any]) -> tuple[float, str]:
+        if self.args.rate:
+            return float(self.args.rate), "--rate"
+        if "throughput" in phases:
+            measured = phases["throughput"]["rate_jobs_per_s"]
+            source = "this run's throughput phase"
+        else:
+            previous = RESULTS / "latest.json"
+            measured = None
+            if previous.exists():
+                try:
+                    old = orjson.loads(previous.read_bytes())
+                    if old.get("config", {}).get("workers") == self.args.workers:
+                        measured = old["phases"]["throughput"]["rate_jobs_per_s"]
+                except (KeyError, TypeError, orjson.JSONDecodeError):
+                    measured = None
+            source = "bench/results/latest.json"
+            if measured is None:
+                probe = await self.phase_gateway("probe", min(self.args.jobs, 20_000))
+                measured = probe["rate_jobs_per_s"]
+                source = "a 20,000-job probe"
+        rate = self.args.rate_fraction * measured
+        log(f"latency: offered rate {rate:.0f}/s = {self.args.rate_fraction:.0%} of {measured:.0f}/s"
+            f" ({source})")
+        return rate, f"{self.args.rate_fraction:.0%} of {measured:.0f}/s from {source}"
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu_model,
+        "cores": psutil.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgresql": "", "rabbitmq": "",
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--mode", choices=["all", "throughput", "latency", "inflight"], default="all")
+    p.add_argument("--jobs", "-n", type=int, default=50_000, help="jobs in the throughput phase")
+    p.add_argument("--workers", type=int, default=1,
+                   help="gateway processes (separate `gateway serve --consumer-only`)")
+    p.add_argument("--skip-raw", action="store_true", help="throughput without the raw ceiling")
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--daily-cap", type=int, default=3)
+    p.add_argument("--transactional-share", type=float, default=0.4)
+    p.add_argument("--prefetch", type=int, default=200, help="GATEWAY_PREFETCH (gateway default)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-wait-ms", type=int, default=5)
+    p.add_argument("--smtp-pool-size", type=int, default=4)
+    p.add_argument("--sms-concurrency", type=int, default=50)
+    p.add_argument("--sms-delay-ms", default="0-5", help="SMS fake delay, uniform lo-hi ms")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--rate", type=float, default=None, help="latency: offered jobs/s")
+    p.add_argument("--rate-fraction", type=float, default=0.8)
+    p.add_argument("--duration", type=float, default=60.0, help="latency: seconds")
+    p.add_argument("--inflight", type=int, default=10_000, help="inflight: jobs per process")
+    p.add_argument("--inflight-sms-delay-ms", type=int, default=30_000,
+                   help="inflight: the SMS fake holds each request this long (or until the "
+                        "benchmark releases it once the pile-up was measured)")
+    p.add_argument("--gc-threshold", default="",
+                   help="what-if: run workers with gc.set_threshold(these), e.g. 50000,20,100")
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="what-if: gc.freeze() in the workers before the gateway starts")
+    p.add_argument("--heap-report", action="store_true",
+                   help="diagnostic: inflight: worker 0 reports its objects by type at the peak")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="diagnostic: --heap-report plus tracemalloc (slow: shares, not RSS)")
+    p.add_argument("--profile", action="store_true", help="py-spy the first worker (throughput)")
+    p.add_argument("--profile-rate", type=int, default=100)
+    p.add_argument("--profile-phase", choices=["throughput", "inflight", "latency"],
+                   default="throughput")
+    p.add_argument("--profile-native", action="store_true")
+    p.add_argument("--templates", action="store_true",
+                   help="TODO: stored templates per channel (not implemented yet; off)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--pg-proxy", action="store_true",
+                   help="diagnostic: count the workers' PostgreSQL round trips per statement")
+    p.add_argument("--keep", action="store_true", help="keep database, vhost and logs (debug)")
+    p.add_argument("--wait-quiet", type=float, default=0.0,
+                   help="wait up to this many seconds before each phase for other load to stop")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="hard limit for the run")
+    p.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    return p.parse_args(argv)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    interrupted: list[str] = []
+
+    def interrupt(name: str) -> None:
+        if not interrupted:
+            log(f"{name}: stopping and cleaning up")
+            interrupted.append(name)
+            main_task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt, sig.name)
+    watchdog = loop.call_later(args.max_seconds, interrupt, f"--max-seconds {args.max_seconds:.0f}")
+    bench = Bench(args)
+    status = 1
+    try:
+        results = await bench.run()
+        results["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        results["machine"].update(await _versions(bench))
+        results["targets"] = report.targets(results)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2,
+                                             default=str))
+        sys.stdout.write(report.table(results) + "\n")
+        log(f"wrote {args.output.relative_to(infra.ROOT) if args.output.is_relative_to(infra.ROOT) else args.output}")
+        status = 0 if report.correct(results) else 3
+    except asyncio.CancelledError:
+        log("interrupted")
+        status = 130
+    except BenchFailed as exc:
+        log(f"FAILED: {exc}")
+        status = 2
+    except Exception:
+        import traceback
+
+        log("FAILED with an exception:\n" + traceback.format_exc())
+        for child in bench.children.items:
+            if child.name.startswith("worker"):
+                log(f"{child.name} log tail:\n{child.tail()}")
+        status = 2
+    finally:
+        watchdog.cancel()
+        try:
+            await asyncio.shield(asyncio.wait_for(bench.teardown(), timeout=90))
+        except Exception as exc:
+            log(f"cleanup problem: {exc}")
+    return status
+
+
+async def _versions(bench: Bench) -> dict[str, str]:
+    out = {}
+    try:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        out["postgresql"] = await conn.fetchval("SHOW server_version")
+        out["synchronous_commit"] = await conn.fetchval("SHOW synchronous_commit")
+        await conn.close()
+    except Exception:
+        pass
+    try:
+        props = bench.amqp.transport.connection.server_properties  # type: ignore[union-attr]
+        version = props.get("version")
+        out["rabbitmq"] = version.decode() if isinstance(version, bytes) else str(version or "")
+    except Exception:
+        pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import uvloop
+
+    return uvloop.run(amain(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
