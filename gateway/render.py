@@ -25,7 +25,7 @@ MAX_PRODUCT = 100_000
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, with the multiplications that can exhaust memory bounded."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
@@ -37,7 +37,33 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 raise jinja2.exceptions.SecurityError(
                     f"a template may not build a value over {MAX_PRODUCT} items"
                 )
+        if operator == "%" and isinstance(left, str) and _WIDE.search(left):
+            raise jinja2.exceptions.SecurityError("a format width too large in a template")
         return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        # str.format is wrapped when the attribute is read, not when it is called: check there.
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) and getattr(value, "__name__", "") in ("format", "format_map"):
+            if _WIDE.search(owner):
+                raise jinja2.exceptions.SecurityError("a format width too large in a template")
+        return super().wrap_str_format(value)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        # Padding and formatting build strings as wide as asked: bound the width the same way.
+        owner = getattr(__obj, "__self__", None)
+        name = getattr(__obj, "__name__", "")
+        if isinstance(owner, str):
+            if name in _PADDING and args and isinstance(args[0], int) and args[0] > MAX_PRODUCT:
+                raise jinja2.exceptions.SecurityError(f"{name}() width too large in a template")
+        elif name == "generate_lorem_ipsum" and args and isinstance(args[0], int) and args[0] > 100:
+            raise jinja2.exceptions.SecurityError("lipsum() asked for too many paragraphs")
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+_PADDING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+# A field width of six digits or more in a %-format or str.format spec ('%1000000d', '{:>999999}').
+_WIDE = re.compile(r"%[-+ #0]*\d{6,}|\{[^{}]*:[^{}]*\d{6,}[^{}]*\}")
 
 
 def _is_sequence(value: Any) -> bool:

@@ -84,7 +84,10 @@ async def test_database_outage_pauses_and_resumes(
         await admin.close()
         await smtp_server.wait_for(total, timeout=30)
     assert sent_before < total  # the outage really came mid-burst
-    assert any(entry["event"] == "intake.paused" for entry in logs)  # the outage was seen
+    # The outage was seen: a batch was handed back (intake paused) or its outcomes were
+    # recorded only after retrying through the outage.
+    seen = {"intake.paused", "pipeline.record_retry"}
+    assert any(entry["event"] in seen for entry in logs)
 
     async def all_final() -> bool:
         count = await pg_pool.fetchval(

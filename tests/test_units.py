@@ -493,3 +493,9 @@ def test_templates_cannot_build_huge_values(source: str) -> None:
 def test_modest_multiplication_still_works() -> None:
     """Ordinary arithmetic and short repeats render as before."""
     assert Renderer().render("{{ '-' * 10 }}{{ 3 * 4 }}{{ 2 ** 8 }}", {}, part="body", is_html=False) == "-" * 10 + "12256"
+
+
+def test_modest_padding_still_works() -> None:
+    """Short padding and format widths render as before."""
+    source = "{{ 'ab'.ljust(4, '.') }}|{{ '{:>4}'.format(7) }}|{{ '%03d' % 7 }}"
+    assert Renderer().render(source, {}, part="body", is_html=False) == "ab..|   7|007"
