@@ -11,7 +11,7 @@ help:
 	@echo "make test     make sure PostgreSQL and RabbitMQ run, run the whole suite, then the"
 	@echo "              AMQP end-to-end tests once more against quorum queues"
 	@echo "make schema   regenerate schema/send-job.v1.json from the job model"
-	@echo "make bench    benchmark against real PostgreSQL and RabbitMQ (MODE=all|throughput|latency|inflight,"
+	@echo "make bench    benchmark against real PostgreSQL and RabbitMQ (MODE=throughput|latency|inflight|all,"
 	@echo "              N=jobs, WORKERS=processes, BENCH_ARGS=...; see bench/README.md)"
 	@echo "make clean    remove the virtualenv and dev data"
 
@@ -35,8 +35,9 @@ test: $(STAMP) services
 	$(BIN)/python -m pytest
 	TEST_AMQP_QUEUE_TYPE=quorum $(BIN)/python -m pytest $(QUORUM_TESTS)
 
-# The benchmark: own database and vhost, fake providers, N gateway processes; ~3-4 min by default.
-MODE ?= all
+# The benchmark: own database and vhost, fake providers, N gateway processes (bench/README.md).
+# MODE=throughput (default, ~2 min), latency, inflight, or all (~3.5-4.5 min).
+MODE ?= throughput
 N ?= 50000
 WORKERS ?= 1
 BENCH_ARGS ?=

@@ -138,12 +138,13 @@ class Fakes:
         body = orjson.loads(await request.read())
         if body.get("reset"):
             self.reset()
+        if body.get("release"):
+            self.release.set()  # wakes every request held on the current event
         if "sms_delay_ms" in body:
             lo, hi = body["sms_delay_ms"]
             self.sms_delay = (float(lo) / 1000, float(hi) / 1000)
-            self.release = asyncio.Event()
-        if body.get("release"):
-            self.release.set()
+            if not body.get("release"):
+                self.release = asyncio.Event()  # a fresh one for the next hold
         return web.json_response({"ok": True, "sms_delay_ms": [d * 1000 for d in self.sms_delay]})
 
     def app(self) -> web.Application:

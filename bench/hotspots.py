@@ -28,6 +28,33 @@ PACKAGES = [
 ]
 
 
+# Each sample goes to the first stage whose marker is in its stack (order matters).
+STAGES = [
+    ("email: build_mime (adapters/smtp.py)", ["build_mime ("]),
+    ("email: aiosmtplib send_message (flatten + SMTP dialogue)",
+     ["SMTP.send_message", "SMTP.sendmail", "aiosmtplib/"]),
+    ("events: publishing (publish_events, aio-pika Exchange.publish, aiormq basic_publish)",
+     ["publish_events (", "Exchange.publish ("]),
+    ("events: unroutable events returned by the broker (basic.return)", ["_on_return_frame"]),
+    ("acks: delivery.ack", ["AmqpDelivery.ack", "IncomingMessage.ack"]),
+    ("SMS: TwilioSender.send (aiohttp)", ["TwilioSender.send"]),
+    ("push: ApnsSender.send (httpx, h2, anyio)", ["ApnsSender.send", "GuardedSender.send"]),
+    ("DB: claim / grant_caps / record (asyncpg)",
+     ["Store.claim", "Store.grant_caps", "Store.record", "asyncpg/"]),
+    ("decide (policy, quiet hours)", ["decide (gateway/decide.py"]),
+    ("prepare (render, normalise)", ["prepare (gateway/prepare.py", "Renderer.render"]),
+    ("parse (pydantic)", ["Pipeline._parse", "parse_job ("]),
+    ("AMQP reader task (frames in: deliveries, confirms)",
+     ["Connection.__reader", "Channel._reader", "FrameReceiver"]),
+    ("AMQP writer task (frames out)", ["Connection.__writer"]),
+    ("AMQP delivery -> intake (aio-pika consumer tasks, buffering)",
+     ["aio_pika/queue.py", "consumer (", "_on_delivery", "aio_pika/"]),
+    ("pipeline/dispatch bookkeeping (own code of process, dispatch, outcomes)",
+     ["gateway/", "adapters/"]),
+    ("AMQP other (aiormq, pamqp)", ["aiormq/", "pamqp/"]),
+]
+
+
 def parse(text: str) -> list[tuple[list[str], int]]:
     stacks = []
     for line in text.splitlines():
@@ -111,8 +138,19 @@ def summarise(text: str, top: int = 25) -> dict[str, Any]:
             counter[" <- ".join(f"{f} ({w})" for f, w in py)] += n
         callers[leaf] = counter
 
+    stages: Counter[str] = Counter()
+    for frames, n in stacks:
+        joined = ";".join(frames)
+        for stage, markers in STAGES:
+            if any(marker in joined for marker in markers):
+                stages[stage] += n
+                break
+        else:
+            stages["event loop, runtime, other"] += n
+
     return {
         "samples": total,
+        "by_stage": pct(stages, 20),
         "native_leaf_callers": {
             leaf: [{"frame": k, "samples": v, "percent": round(100 * v / total, 1)}
                    for k, v in counter.most_common(6)]
@@ -129,6 +167,7 @@ def summarise(text: str, top: int = 25) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> str:
     out = [f"py-spy samples: {summary['samples']}"]
     titles = {
+        "by_stage": "By pipeline stage (inclusive; each sample counted once, first match)",
         "self_by_package": "Self time by package (where the CPU actually was)",
         "self_by_function": "Top functions by self time",
         "self_by_line": "Top lines by self time",
@@ -177,7 +216,8 @@ def write_svg(text: str, path: Path, *, title: str = "py-spy profile", width: in
                 shown = html.escape(label[: int(w / 7)]) if w > 30 else ""
                 rects.append(
                     f'<g><title>{html.escape(label)} — {kid["n"]} samples ({pct:.1f}%)</title>'
-                    f'<rect x="{x:.1f}" y="{30 + depth * row_h}" width="{w:.1f}" height="{row_h - 1}"'
+                    f'<rect x="{x:.1f}" y="{30 + depth * row_h}" width="{w:.1f}"'
+                    f' height="{row_h - 1}"'
                     f' fill="{fill}"/><text x="{x + 2:.1f}" y="{30 + depth * row_h + 12}">'
                     f"{shown}</text></g>"
                 )

@@ -74,6 +74,13 @@ async def drop_stale(admin: asyncpg.Connection, log: Any) -> None:
         if match and not _pid_alive(int(match.group(1))):
             log(f"dropping stale database {row['datname']}")
             await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+    import shutil
+    import tempfile
+
+    for path in Path(tempfile.gettempdir()).glob("gw-bench-*-*"):  # logs and keys of dead runs
+        pid = path.name.split("-")[2]
+        if pid.isdigit() and not _pid_alive(int(pid)) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
     try:
         vhosts = await rabbitmqctl_async("list_vhosts", "--quiet", "--no-table-headers")
     except (OSError, subprocess.SubprocessError):

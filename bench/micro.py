@@ -89,43 +89,44 @@ def run(rounds: int) -> list[tuple[str, float, str]]:
                       platforms={address: "apns"} if channel == "push" else {},
                       policy_rules=rules)
         rows.append((f"{channel}: parse_job (pydantic)", _time(
-            lambda: parse_job(body, max_bytes=262144), rounds), "gateway/jobs.py:164"))
+            lambda: parse_job(body, max_bytes=262144), rounds), "gateway/jobs.py parse_job"))
         rows.append((f"{channel}: _recipient + _new_message", _time(
             lambda: (_recipient(parsed), _new_message(incoming)), rounds),
-            "gateway/pipeline.py:178,220"))
+            "gateway/pipeline.py recipient_of, _new_message"))
         rows.append((f"{channel}: decide (policy, quiet hours, cap request)", _time(
             lambda: decide(incoming, claim, datetime.now(timezone.utc)), rounds),
-            "gateway/decide.py:40"))
+            "gateway/decide.py decide"))
         rows.append((f"{channel}: prepare (typed_content, render, normalise)", _time(
             lambda: prepare(parsed, address, renderer=renderer, settings=settings), rounds),
-            "gateway/prepare.py:13"))
+            "gateway/prepare.py prepare"))
         message = prepare(parsed, address, renderer=renderer, settings=settings)
         if channel == "email":
             assert isinstance(message, OutboundEmail)
             rows.append(("email: build_mime", _time(
-                lambda: build_mime(message, domain="localhost"), rounds), "adapters/smtp.py:48"))
+                lambda: build_mime(message, domain="localhost"), rounds), "adapters/smtp.py build_mime"))
             mime = build_mime(message, domain="localhost")
             from aiosmtplib.email import extract_recipients, extract_sender, flatten_message
 
             rows.append(("email: aiosmtplib flatten_message + extract", _time(
                 lambda: (flatten_message(mime), extract_sender(mime), extract_recipients(mime)),
-                rounds), "aiosmtplib send_message (adapters/smtp.py:119)"))
+                rounds), "aiosmtplib, via SmtpSender.send -> send_message"))
         if channel == "push":
             rows.append(("push: APNs build_payload + build_headers", _time(
-                lambda: (build_payload(message), build_headers(message, topic="t", now=time.time())),
-                rounds), "adapters/apns.py:113,135"))
+                lambda: (build_payload(message),
+                         build_headers(message, topic="t", now=time.time())),
+                rounds), "adapters/apns.py build_payload, build_headers"))
         outcome = Outcome(parsed.id, channel, "promotional", Status.sent, now,
                           provider_message_id="SM123", detail={"duration_ms": 1.2})
         rows.append((f"{channel}: 2 event bodies (accepted + outcome)", _time(
             lambda: (accepted_event(parsed, "promotional", now), outcome.event()), rounds),
-            "gateway/pipeline.py:184, outcomes.py:41"))
+            "gateway/pipeline.py accepted_event, outcomes.py Outcome.event"))
     rows.append(("any: 2 aio_pika.Message objects (the events)", _time(_aio_pika_messages, rounds),
-                 "gateway/amqp.py:130"))
+                 "gateway/amqp.py publish_events"))
     rows.append(("any: one info log line per outcome (structlog JSON, masked)",
                  _time(_log_line(), rounds), "gateway/pipeline.py _log_outcome"))
     rows.append(("any: Limits.from_json (per message in decide)", _time(
         lambda: __import__("gateway.rules", fromlist=["Limits"]).Limits.from_json(rules), rounds),
-        "gateway/decide.py:60"))
+        "gateway/decide.py decide"))
     return rows
 
 

@@ -115,7 +115,7 @@ class Publisher:
         self, items: Sequence[tuple[str, dict[str, Any] | bytes]], rate: float,
         result: PublishResult | None = None,
     ) -> PublishResult:
-        """Publish at ``rate`` jobs a second until ``items`` run out (``result`` fills as it goes)."""
+        """Publish at ``rate`` jobs a second until ``items`` run out (``result`` fills)."""
         result = result or PublishResult()
         await self._publish_all(items, result, pace=Pacer(rate))
         return result

@@ -19,7 +19,9 @@ import orjson
 
 
 async def consume(url: str, queues: list[str], prefetch: int, count: int, timeout: float) -> dict:
-    connection = await aio_pika.connect_robust(url, client_properties={"connection_name": "bench-raw"})
+    connection = await aio_pika.connect_robust(
+        url, client_properties={"connection_name": "bench-raw"}
+    )
     done = asyncio.Event()
     state = {"acked": 0, "first_delivery": None, "last_ack": None}
 

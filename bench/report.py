@@ -66,7 +66,8 @@ def table(results: dict[str, Any]) -> str:
     cfg = results.get("config", {})
     rows.append(("machine", f"{machine.get('cores')} cores {machine.get('cpu', '')[:40]}, "
                             f"{machine.get('memory_gib')} GiB, PostgreSQL "
-                            f"{machine.get('postgresql', '?')}, RabbitMQ {machine.get('rabbitmq', '?')}"))
+                            f"{machine.get('postgresql', '?')}, RabbitMQ "
+                            f"{machine.get('rabbitmq', '?')}"))
     rows.append(("config", f"workers {cfg.get('workers')}, prefetch {cfg.get('prefetch')}, batch "
                            f"{cfg.get('batch_size')}/{cfg.get('batch_wait_ms')} ms, log "
                            f"{cfg.get('log_level')}, SMS delay {cfg.get('sms_delay_ms')} ms, "
@@ -129,6 +130,10 @@ def table(results: dict[str, Any]) -> str:
         if failed:
             lines.append(f"  {name}: failed checks: " + "; ".join(
                 f"{k} {({kk: vv for kk, vv in checks[k].items() if kk != 'ok'})}" for k in failed))
+    earlier = results.get("earlier_phases") or {}
+    if earlier:
+        lines.append("kept in the JSON from earlier runs (not in this table): " + ", ".join(
+            f"{name} ({phase.get('run_at', '?')})" for name, phase in earlier.items()))
     lines.append("=" * 100)
     return "\n".join(lines)
 
@@ -150,3 +155,29 @@ def _fmt_cpu(cpu: dict[str, Any] | None) -> str:
         return "-"
     roles = ", ".join(f"{k} {v['percent_of_one_core']}" for k, v in cpu["roles"].items())
     return f"{roles}; machine busy {cpu['machine_busy_percent']}% of {cpu['cores']} cores"
+
+
+def main() -> None:
+    """``python -m bench.report [bench/results/latest.json]``: the table of every phase the
+    file holds, this run's and the earlier runs' it kept."""
+    import sys
+    from pathlib import Path
+
+    import orjson
+
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/latest.json")
+    results = orjson.loads(path.read_bytes())
+    merged = dict(results)
+    merged["phases"] = {**(results.get("earlier_phases") or {}), **results.get("phases", {})}
+    order = ["raw", "throughput", "inflight", "latency"]
+    merged["phases"] = {k: merged["phases"][k] for k in order if k in merged["phases"]} | {
+        k: v for k, v in merged["phases"].items() if k not in order}
+    merged["earlier_phases"] = {}
+    merged["targets"] = targets(merged)
+    print(table(merged))
+    for name, phase in merged["phases"].items():
+        print(f"  {name}: run at {phase.get('run_at') or results.get('started_at')}")
+
+
+if __name__ == "__main__":
+    main()

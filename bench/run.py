@@ -104,7 +104,7 @@ class Bench:
     # --- setup and teardown --------------------------------------------------------------------
 
     async def setup(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"gw-bench-{os.getpid()}-"))
         try:
             self.admin = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
         except (OSError, asyncpg.PostgresError) as exc:
@@ -136,7 +136,8 @@ class Bench:
             seeded = await seed.seed_database(conn, self.population)
         finally:
             await conn.close()
-        self.results["population"] = {**self.population.describe(), "seed_seconds": seeded["seconds"],
+        self.results["population"] = {**self.population.describe(),
+                                      "seed_seconds": seeded["seconds"],
                                       "endpoints": seeded["endpoints"]}
         log(f"seeded {self.args.users} users, {seeded['endpoints']} endpoints, "
             f"{seeded['opt_outs']} opt-outs in {seeded['seconds']} s; quiet hours "
@@ -168,6 +169,13 @@ class Bench:
         from gateway.amqp import declare_topology  # the gateway's own topology, kept in sync
 
         await declare_topology(self.amqp_channel)
+        if self.args.bind_events:
+            # Someone listens to every event (a capped queue stands in for a consumer that
+            # keeps up): events are routed instead of returned to the gateway as unroutable.
+            events = await self.amqp_channel.declare_queue(
+                "bench.events", durable=False, arguments={"x-max-length": 10_000}
+            )
+            await events.bind("gateway.events", routing_key="#")
         raw = await self.amqp_channel.declare_exchange(RAW_EXCHANGE, aio_pika.ExchangeType.TOPIC,
                                                        durable=True)
         for name, key in RAW_QUEUES.items():
@@ -201,7 +209,9 @@ class Bench:
         if self.admin is not None:
             if self.db_created:
                 try:
-                    await self.admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+                    await self.admin.execute(
+                        f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'
+                    )
                 except Exception as exc:
                     log(f"could not drop database {self.db_name}: {exc}")
             await self.admin.close()
@@ -261,7 +271,16 @@ class Bench:
     async def start_workers(self, traced: bool = False, **settings: Any) -> list[infra.Child]:
         assert self.tmp is not None
         workers = []
-        for index in range(self.args.workers):
+        expected = self.args.workers
+        if self.args.serve_workers and self.args.workers > 1:
+            # The gateway's own flag: one `serve --workers N` process and its N-1 children.
+            workers.append(await self.children.spawn(
+                "worker-0",
+                [infra.python(), "-m", "gateway", "serve", "--consumer-only", "--workers",
+                 str(self.args.workers)],
+                env=self._env(**settings), log_path=self.tmp / "worker-0.log",
+            ))
+        for index in range(0 if workers else self.args.workers):
             env = self._env(**settings)
             argv = [infra.python(), "-m", "gateway", "serve", "--consumer-only"]
             if self.args.gc_threshold or self.args.gc_freeze:
@@ -282,12 +301,25 @@ class Bench:
                     raise BenchFailed(f"{worker.name} exited with {worker.process.returncode}:\n"
                                       f"{worker.tail()}")
             counts = [q.declaration_result.consumer_count for q in await self._queues(JOB_QUEUES)]
-            if all(c >= len(workers) for c in counts):
+            if all(c >= expected for c in counts):
                 return workers
             if time.monotonic() > deadline:
                 raise BenchFailed(f"workers did not start consuming within 30 s:\n"
                                   f"{workers[0].tail()}")
             await asyncio.sleep(0.1)
+
+    def _worker_pids(self, workers: list[infra.Child]) -> dict[str, int]:
+        """Every gateway process: ours, and with --serve-workers the children it started."""
+        pids = {w.name: w.pid for w in workers}
+        if self.args.serve_workers:
+            for worker in workers:
+                try:
+                    kids = psutil.Process(worker.pid).children()
+                except psutil.NoSuchProcess:
+                    continue
+                for index, kid in enumerate(kids, start=1):
+                    pids[f"{worker.name}.{index}"] = kid.pid
+        return pids
 
     async def stop_workers(self, workers: list[infra.Child]) -> list[int | None]:
         codes = await asyncio.gather(*(self.children.stop(w, grace=25) for w in workers))
@@ -424,7 +456,7 @@ class Bench:
         background = await self._quiet_machine(name)
         traced = bool(inflight_target and (self.args.tracemalloc or self.args.heap_report))
         workers = await self.start_workers(traced=traced, **(worker_settings or {}))
-        pids = {w.name: w.pid for w in workers}
+        pids = self._worker_pids(workers)
         fakes_pid = self.fakes.pid if self.fakes else os.getpid()
         cpu = monitor.CpuAccount({
             "gateway_workers": lambda: [psutil.Process(p) for p in pids.values()
@@ -713,7 +745,8 @@ class Bench:
             checks["caps_held"] = {"ok": max_counter <= cap and not over, "daily_cap": cap,
                                    "max_daily_counter": max_counter,
                                    "recipients_over_cap_by_messages": over or 0}
-            sent_ids = {r["id"] for r in await conn.fetch("SELECT id FROM messages WHERE status = 'sent'")}
+            sent_ids = {r["id"] for r in
+                        await conn.fetch("SELECT id FROM messages WHERE status = 'sent'")}
         finally:
             await conn.close()
         accepted = Counter()
@@ -827,6 +860,7 @@ class Bench:
         self.results["started_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.results["machine"] = machine()
         self.results["config"] = {k: v for k, v in vars(args).items()}
+        self.results["earlier_phases"] = self._earlier_phases()
         await self.setup()
         phases: dict[str, Any] = {}
         self.results["phases"] = phases
@@ -844,11 +878,13 @@ class Bench:
         if "inflight" in modes:
             target = args.inflight
             phases["inflight"] = await self.phase_gateway(
-                "inflight", int(target * args.workers * 1.5), transactional_share=0.5,
+                # 10 % more jobs than the two queues' prefetch: both queues fill up.
+                "inflight", int(target * args.workers * 1.1), transactional_share=0.5,
                 worker_settings={"PREFETCH": max(args.prefetch, target // 2),
                                  "SMS_MAX_CONCURRENCY": 1000,
                                  # Longer than the fake's hold: no send may time out here.
-                                 "PROVIDER_TIMEOUT_SECONDS": args.inflight_sms_delay_ms / 1000 + 30},
+                                 "PROVIDER_TIMEOUT_SECONDS":
+                                     args.inflight_sms_delay_ms / 1000 + 30},
                 sms_delay_ms=f"{args.inflight_sms_delay_ms}-{args.inflight_sms_delay_ms}",
                 inflight_target=target * args.workers,
                 profile=args.profile and args.profile_phase == "inflight",
@@ -862,6 +898,21 @@ class Bench:
             phases["latency"]["rate_source"] = source
         return self.results
 
+    def _earlier_phases(self) -> dict[str, Any]:
+        """Phases of earlier runs kept in latest.json (this run may do only some of them); the
+        table shows this run only, the JSON keeps both, each with the time of its run."""
+        previous = self.args.output
+        if not previous.exists():
+            return {}
+        try:
+            old = orjson.loads(previous.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        earlier = dict(old.get("earlier_phases") or {})
+        for name, phase in (old.get("phases") or {}).items():
+            earlier[name] = {**phase, "run_at": old.get("started_at")}
+        return earlier
+
     async def _offered_rate(self, phases: dict[str, Any]) -> tuple[float, str]:
         if self.args.rate:
             return float(self.args.rate), "--rate"
@@ -869,22 +920,18 @@ class Bench:
             measured = phases["throughput"]["rate_jobs_per_s"]
             source = "this run's throughput phase"
         else:
-            previous = RESULTS / "latest.json"
             measured = None
-            if previous.exists():
-                try:
-                    old = orjson.loads(previous.read_bytes())
-                    if old.get("config", {}).get("workers") == self.args.workers:
-                        measured = old["phases"]["throughput"]["rate_jobs_per_s"]
-                except (KeyError, TypeError, orjson.JSONDecodeError):
-                    measured = None
-            source = "bench/results/latest.json"
+            earlier = self.results.get("earlier_phases", {}).get("throughput")
+            if earlier and earlier.get("workers") == self.args.workers:
+                measured = earlier["rate_jobs_per_s"]
+            source = f"bench/results/latest.json (run of {earlier and earlier.get('run_at')})"
             if measured is None:
                 probe = await self.phase_gateway("probe", min(self.args.jobs, 20_000))
                 measured = probe["rate_jobs_per_s"]
                 source = "a 20,000-job probe"
         rate = self.args.rate_fraction * measured
-        log(f"latency: offered rate {rate:.0f}/s = {self.args.rate_fraction:.0%} of {measured:.0f}/s"
+        log(f"latency: offered rate {rate:.0f}/s = {self.args.rate_fraction:.0%} of "
+            f"{measured:.0f}/s"
             f" ({source})")
         return rate, f"{self.args.rate_fraction:.0%} of {measured:.0f}/s from {source}"
 
@@ -910,11 +957,17 @@ def machine() -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=["all", "throughput", "latency", "inflight"], default="all")
+    p.add_argument("--mode", choices=["all", "throughput", "latency", "inflight"],
+                   default="throughput")
     p.add_argument("--jobs", "-n", type=int, default=50_000, help="jobs in the throughput phase")
     p.add_argument("--workers", type=int, default=1,
                    help="gateway processes (separate `gateway serve --consumer-only`)")
+    p.add_argument("--serve-workers", action="store_true",
+                   help="with --workers N: one `gateway serve --consumer-only --workers N` "
+                        "(the gateway's own flag) instead of N separate processes")
     p.add_argument("--skip-raw", action="store_true", help="throughput without the raw ceiling")
+    p.add_argument("--bind-events", action="store_true",
+                   help="bind a queue to gateway.events (default: none, as the gateway ships)")
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--daily-cap", type=int, default=3)
     p.add_argument("--transactional-share", type=float, default=0.4)
@@ -979,12 +1032,16 @@ async def amain(args: argparse.Namespace) -> int:
         results = await bench.run()
         results["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         results["machine"].update(await _versions(bench))
+        for name in results.get("phases", {}):
+            results.get("earlier_phases", {}).pop(name, None)
         results["targets"] = report.targets(results)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2,
                                              default=str))
         sys.stdout.write(report.table(results) + "\n")
-        log(f"wrote {args.output.relative_to(infra.ROOT) if args.output.is_relative_to(infra.ROOT) else args.output}")
+        shown = args.output.relative_to(infra.ROOT) if args.output.is_relative_to(infra.ROOT) \
+            else args.output
+        log(f"wrote {shown}")
         status = 0 if report.correct(results) else 3
     except asyncio.CancelledError:
         log("interrupted")

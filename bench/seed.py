@@ -47,7 +47,8 @@ ZONES = [
 SMS_BODY = "Hi {{ name }}, your code is {{ code }}. ref:{{ ref }} t0:{{ t0 }}"
 EMAIL_CONTENT = {
     "subject": "Your order {{ order }} has shipped",
-    "text": "Hello {{ name }},\n\nYour order {{ order }} is on its way.\n\nref:{{ ref }} t0:{{ t0 }}\n",
+    "text": "Hello {{ name }},\n\nYour order {{ order }} is on its way.\n\n"
+            "ref:{{ ref }} t0:{{ t0 }}\n",
     "html": "<p>Hello {{ name }},</p><p>Your order <b>{{ order }}</b> is on its way.</p>"
             "<p>ref:{{ ref }} t0:{{ t0 }}</p>",
 }
