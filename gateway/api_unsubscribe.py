@@ -4,21 +4,28 @@ The signed token in the path is the authorisation. A ``POST`` (what a mailbox pr
 body ``List-Unsubscribe=One-Click``) opts the address out at once, with no redirect or further
 step. A ``GET`` (a person following the link) only shows a page with a button that makes that
 ``POST``: link scanners and previews fetch links, and must not unsubscribe anyone.
+
+The token is checked before the body is read, so a forged link is answered 403 without
+reading anything. The body is then read within ``GATEWAY_MAX_REQUEST_BYTES`` (413 beyond) and
+must carry the one-click field RFC 8058 requires (400 without): a ``POST`` without it is not a
+mailbox provider's one click, and opts nobody out.
 """
 
 from __future__ import annotations
 
 import html
+import urllib.parse
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.addresses import opt_out_key
 from gateway.api import SETTINGS, ApiError
 from gateway.api_support import pool_of
 from gateway.errors import MessageFailed
 from gateway.optouts import OptOuts
-from gateway.unsubscribe import verify_token
+from gateway.unsubscribe import ONE_CLICK, verify_token
 
 __all__ = ["UNSUBSCRIBE_PREFIX", "unsubscribe_routes"]
 
@@ -56,8 +63,16 @@ def unsubscribe_routes() -> list[web.RouteDef]:
 
 
 async def post_unsubscribe(request: web.Request) -> web.Response:
-    """Opt the token's address out of email (source ``unsubscribe``); 200, plain text."""
+    """Opt the token's address out of email (source ``unsubscribe``); 200, plain text. 400
+    ``invalid_unsubscribe`` when the body lacks ``List-Unsubscribe=One-Click``."""
     channel, address = _verified(request)
+    if not await _is_one_click(request):
+        raise ApiError(
+            400,
+            "invalid_unsubscribe",
+            f"the body must be the form {ONE_CLICK} (RFC 8058)",
+            headers=_PRIVATE,  # the link in the URL is a valid one
+        )
     _, created = await OptOuts(pool=pool_of(request)).add(channel, address, "unsubscribe")
     log.info("unsubscribe.opted_out", channel=channel, to=address, created=created)
     return web.Response(
@@ -79,6 +94,23 @@ async def get_unsubscribe(request: web.Request) -> web.Response:
             " form-action 'self'",
         },
     )
+
+
+async def _is_one_click(request: web.Request) -> bool:
+    """Whether the body has the field ``List-Unsubscribe=One-Click``, in a multipart form or a
+    URL-encoded one (RFC 8058 allows both). aiohttp reads it within the app's
+    ``client_max_size`` (``GATEWAY_MAX_REQUEST_BYTES``) and raises 413 beyond."""
+    name, _, value = ONE_CLICK.partition("=")
+    if request.content_type == "multipart/form-data":
+        try:
+            form = await request.post()
+        except (ValueError, HttpProcessingError):
+            return False  # no boundary, a broken part header: no field either
+        return value in form.getall(name, [])
+    # Any other type is read as URL-encoded: what every mailbox provider sends, and a sender
+    # that forgot the header still means the one click.
+    body = (await request.read()).decode("utf-8", errors="replace")
+    return (name, value) in urllib.parse.parse_qsl(body, keep_blank_values=True)
 
 
 def _verified(request: web.Request) -> tuple[str, str]:

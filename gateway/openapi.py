@@ -878,9 +878,15 @@ def _webhook_paths(_schemas: Json) -> Json:
                         "content": {"text/plain": {"schema": _STRING}},
                     }
                 },
-                errors=(403, 404, 503),
+                errors=(400, 403, 404, 413, 503),
                 parameters=token,
-                body=_body(form, required=False, media="application/x-www-form-urlencoded"),
+                body={
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {"schema": form},
+                        "multipart/form-data": {"schema": form},
+                    },
+                },
             ),
             "get": _op(
                 "A page with the unsubscribe button; opts nobody out",

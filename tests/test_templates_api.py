@@ -275,6 +275,21 @@ async def test_preview_refuses_a_sandbox_escape(
     assert "object" in error["message"] and "<class" not in error["message"]
 
 
+async def test_preview_of_nested_loops_is_refused_by_the_render_budget(
+    http_gateway: Gateway, open_client: OpenClient
+) -> None:
+    """A preview of loops nested 10,000 x 1,000 deep is 422 within the step budget, not run in the API's event loop."""
+    client = open_client(http_gateway)
+    loops = "{% for a in range(10000) %}{% for b in range(1000) %}{% endfor %}{% endfor %}"
+    assert (await put(client, "loops", {"sms": {"body": loops}}))[0] == 201
+    status, answer = await asyncio.wait_for(preview(client, "loops", {"channel": "sms"}), 5)
+    assert status == 422
+    assert answer["error"]["message"] == (
+        "template 'loops' v1 sms.body: refused: a template may not take more than 100000 steps"
+        " (loop iterations and macro calls)"
+    )
+
+
 async def test_preview_of_a_channel_the_template_lacks_is_422(
     http_gateway: Gateway, open_client: OpenClient
 ) -> None:

@@ -6,6 +6,7 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -144,6 +145,57 @@ async def test_one_click_post_opts_the_address_out_without_a_bearer_token(
         f"/v1/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}
     ) as response:
         assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (aiohttp.FormData({"List-Unsubscribe": "One-Click"}, default_to_multipart=True), None),
+        (b"List-Unsubscribe=One-Click", None),  # no Content-Type: read as URL-encoded
+        (b"List-Unsubscribe=One-Click&utm_source=gmail", "application/x-www-form-urlencoded"),
+    ],
+    ids=["multipart", "no content type", "with another field"],
+)
+async def test_the_one_click_field_is_read_from_either_form_encoding(
+    body: Any, content_type: str | None, unsubscribe_gateway: Gateway, open_client: OpenClient
+) -> None:
+    """The one-click field opts the address out sent as multipart/form-data, as a URL-encoded form, or as a bare body in that form."""
+    anonymous = open_client(unsubscribe_gateway, token=None)
+    token = unsubscribe_token(SECRET, "jane@example.com")
+    headers = {"Content-Type": content_type} if content_type else {}
+    async with anonymous.post(f"/v1/unsubscribe/{token}", data=body, headers=headers) as response:
+        assert response.status == 200, await response.text()
+    assert await opt_out_of(open_client(unsubscribe_gateway), "jane@example.com") is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (None, None),
+        ({"List-Unsubscribe": "Yes"}, None),
+        ({"List-Unsubscribe": "one-click"}, None),
+        ({"Unsubscribe": "One-Click"}, None),
+        (aiohttp.FormData({"List-Unsubscribe": "Yes"}, default_to_multipart=True), None),
+        (b"List-Unsubscribe=One-Click\xff\xfe", None),
+        (b"List-Unsubscribe=One-Click", "multipart/form-data"),  # no boundary
+        (b"--zzz\r\nbroken header\r\n\r\nOne-Click\r\n--zzz--\r\n",
+         "multipart/form-data; boundary=zzz"),
+    ],
+    ids=["no body", "another value", "lower case", "another field", "multipart, another value",
+         "not UTF-8", "multipart without a boundary", "broken multipart"],
+)
+async def test_a_post_without_the_one_click_field_is_400_and_opts_nobody_out(
+    body: Any, content_type: str | None, unsubscribe_gateway: Gateway, open_client: OpenClient
+) -> None:
+    """A POST whose body lacks List-Unsubscribe=One-Click (RFC 8058 requires it), or cannot be read as a form, is answered 400 invalid_unsubscribe, and the address stays subscribed."""
+    anonymous = open_client(unsubscribe_gateway, token=None)
+    token = unsubscribe_token(SECRET, "jane@example.com")
+    headers = {"Content-Type": content_type} if content_type else {}
+    async with anonymous.post(f"/v1/unsubscribe/{token}", data=body, headers=headers) as response:
+        assert response.status == 400
+        assert (await error_of(response))["code"] == "invalid_unsubscribe"
+        assert response.headers["Cache-Control"] == "no-store"
+    assert await opt_out_of(open_client(unsubscribe_gateway), "jane@example.com") is None
 
 
 async def test_a_tampered_token_is_403_and_opts_nobody_out(
