@@ -214,18 +214,7 @@ class AmqpBroker:
         await publish_many(
             channel,
             self._events.name,
-            [
-                (
-                    key,
-                    body,
-                    aiormq.spec.Basic.Properties(
-                        content_type="application/json",
-                        delivery_mode=2,
-                        message_id=f"{base}{index}",
-                    ),
-                )
-                for index, (key, body) in enumerate(events)
-            ],
+            [(key, body, f"{base}{index}") for index, (key, body) in enumerate(events)],
         )
 
     async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
