@@ -1,8 +1,10 @@
 """Push to Apple devices through the APNs HTTP/2 provider API, with token (JWT) authentication.
 
 Every request is a stream on one long-lived HTTP/2 connection (Apple asks providers to keep
-their connections open rather than open one per push). ``https://`` URLs negotiate HTTP/2 by
-ALPN; ``http://`` URLs (local fakes) speak HTTP/2 cleartext with prior knowledge.
+their connections open rather than open one per push), driven by the lean client of
+:mod:`adapters.h2client`. ``https://`` URLs negotiate HTTP/2 by ALPN; ``http://`` URLs (local
+fakes) speak HTTP/2 cleartext with prior knowledge. APNs caps the streams per connection
+(SETTINGS_MAX_CONCURRENT_STREAMS); pushes over the cap wait for a free stream.
 
 The provider token is an ES256 JWT ``{alg, kid} {iss: team id, iat}``. Apple rejects one whose
 ``iat`` is over an hour old and throttles one renewed more often than every 20 minutes, so it is
@@ -13,8 +15,9 @@ How APNs answers map onto our errors (``reason`` is the ``{"reason": ...}`` of t
 
 - 410 ``Unregistered`` / ``ExpiredToken``, 400 ``BadDeviceToken``: :class:`InvalidTokenError`,
   so the endpoint is deactivated;
-- 429, 500, 503 (any 5xx), 400 ``IdleTimeout``, a timeout, a refused or dropped connection:
-  :class:`TransientSendError`, with ``Retry-After`` when APNs gives one;
+- 429, 500, 503 (any 5xx), 400 ``IdleTimeout``, a timeout, a refused or dropped connection,
+  a GOAWAY before the push was answered: :class:`TransientSendError`, with ``Retry-After``
+  when APNs gives one;
 - 403 ``ExpiredProviderToken``: renew the token and retry once;
 - 403 ``InvalidProviderToken``/``MissingProviderToken``, 400 ``BadTopic``/``TopicDisallowed``/
   ``DeviceTokenNotForTopic``/``BadPriority``/..., 413 and anything else:
@@ -24,6 +27,7 @@ How APNs answers map onto our errors (``reason`` is the ``{"reason": ...}`` of t
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 import uuid
@@ -33,11 +37,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import orjson
 
 from adapters.base import OutboundPush, SendResult
 from adapters.errors import InvalidTokenError, PermanentSendError, SendError, TransientSendError
+from adapters.h2client import H2Client, H2Error, H2Response, H2TimeoutError
 from adapters.http import parse_retry_after
 from adapters.jwt import load_es256_key, sign_es256
 
@@ -47,6 +51,9 @@ MAX_PAYLOAD_BYTES = 4096
 MAX_COLLAPSE_ID_BYTES = 64
 # Apple: renew no more than once every 20 minutes and no less than once every 60.
 TOKEN_LIFETIME_SECONDS = 50 * 60
+# Never valid in an HTTP/2 field value (RFC 9113 §8.2.1); the collapse id is the one header
+# whose value a job chooses freely.
+_FORBIDDEN_IN_HEADERS = re.compile(r"[\x00\r\n]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,7 +129,10 @@ def build_headers(message: OutboundPush, *, topic: str, now: float) -> dict[str,
     if message.collapse_id is not None:
         if len(message.collapse_id.encode()) > MAX_COLLAPSE_ID_BYTES:
             raise PermanentSendError(f"collapse id over {MAX_COLLAPSE_ID_BYTES} bytes")
-        headers["apns-collapse-id"] = message.collapse_id
+        if _FORBIDDEN_IN_HEADERS.search(message.collapse_id):
+            raise PermanentSendError("collapse id contains CR, LF or NUL")
+        # Nor may a value start or end with whitespace; h2 used to strip it, so do we.
+        headers["apns-collapse-id"] = message.collapse_id.strip(" \t")
     try:
         # APNs echoes a canonical UUID back as apns-id; anything else it would refuse.
         headers["apns-id"] = str(uuid.UUID(message.message_id))
@@ -159,13 +169,13 @@ _INVALID_TOKEN_REASONS = frozenset({"Unregistered", "ExpiredToken", "BadDeviceTo
 _TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-def classify(response: httpx.Response) -> SendError:
-    """Translate a refusal from APNs into our error, in this one place."""
-    reason = _reason(response)
-    retry_after = parse_retry_after(response.headers.get("retry-after"))
-    status = response.status_code
+def classify(status: int, headers: Mapping[str, str], body: bytes) -> SendError:
+    """Translate a refusal from APNs (status, lower-case headers, body) into our error, in this
+    one place."""
+    reason = _reason(body)
+    retry_after = parse_retry_after(headers.get("retry-after"))
     if status == 410 or reason in _INVALID_TOKEN_REASONS:
-        return InvalidTokenError(_invalid_token_text(reason, response))
+        return InvalidTokenError(_invalid_token_text(reason, status, body))
     if status in _TRANSIENT_STATUSES or status >= 500 or reason == "IdleTimeout":
         return TransientSendError(f"APNs {status} {reason}", retry_after=retry_after)
     if reason in _CONFIGURATION_HINTS:
@@ -175,23 +185,23 @@ def classify(response: httpx.Response) -> SendError:
     return PermanentSendError(f"APNs {status} {reason}")
 
 
-def _reason(response: httpx.Response) -> str:
+def _reason(body: bytes) -> str:
     try:
-        body = orjson.loads(response.content)
+        error = orjson.loads(body)
     except orjson.JSONDecodeError:
         return "(no reason given)"
-    reason = body.get("reason") if isinstance(body, dict) else None
+    reason = error.get("reason") if isinstance(error, dict) else None
     return str(reason) if reason else "(no reason given)"
 
 
-def _invalid_token_text(reason: str, response: httpx.Response) -> str:
+def _invalid_token_text(reason: str, status: int, body: bytes) -> str:
     if reason == "BadDeviceToken":
         # Apple's advice: a sandbox token sent to production (or the reverse) looks the same.
-        return (f"APNs {response.status_code} BadDeviceToken (a token of the other environment "
+        return (f"APNs {status} BadDeviceToken (a token of the other environment "
                 "gives this too: check GATEWAY_APNS_BASE_URL)")
-    text = f"APNs {response.status_code} {reason}"
+    text = f"APNs {status} {reason}"
     try:
-        stamp = float(orjson.loads(response.content)["timestamp"])
+        stamp = float(orjson.loads(body)["timestamp"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return text
     # Apple documents milliseconds; accept seconds too.
@@ -218,16 +228,9 @@ class ApnsSender:
         self._token: str | None = None
         self._token_iat = 0.0
         self._slots = asyncio.Semaphore(config.max_concurrency)
-        self._client = httpx.AsyncClient(
-            base_url=config.base_url,
-            http1=False,  # APNs speaks only HTTP/2: prior knowledge on http://, ALPN h2 on https://
-            http2=True,
-            verify=_ssl_context(config.ca_file),
-            timeout=httpx.Timeout(config.timeout),
-            # One connection, kept open between bursts, as Apple asks.
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1,
-                                keepalive_expiry=None),
-        )
+        # One connection, kept open between bursts, as Apple asks.
+        self._client = H2Client(config.base_url, ssl_context=_ssl_context(config.ca_file),
+                                connect_timeout=config.timeout)
 
     async def send(self, message: OutboundPush) -> SendResult:
         """Send one push; raise a :class:`~adapters.errors.SendError` subclass if refused."""
@@ -237,24 +240,22 @@ class ApnsSender:
         async with self._slots:
             token = self._provider_token()
             response = await self._post(path, payload, headers, token)
-            if response.status_code == 403 and _reason(response) == "ExpiredProviderToken":
+            if response.status == 403 and _reason(response.body) == "ExpiredProviderToken":
                 response = await self._post(path, payload, headers, self._renew(token))
-        if response.status_code != 200:
-            raise classify(response)
+        if response.status != 200:
+            raise classify(response.status, response.headers, response.body)
         return SendResult(provider_message_id=response.headers.get("apns-id"))
 
     async def _post(self, path: str, payload: bytes, headers: dict[str, str],
-                    token: str) -> httpx.Response:
+                    token: str) -> H2Response:
+        headers["authorization"] = f"bearer {token}"
         try:
-            return await self._client.post(
-                path, content=payload, headers={**headers, "authorization": f"bearer {token}"}
-            )
-        except httpx.TimeoutException as exc:
-            raise TransientSendError(f"APNs timed out: {type(exc).__name__}") from None
-        except httpx.HTTPError as exc:
-            raise TransientSendError(
-                f"APNs connection problem: {type(exc).__name__}: {exc}"
-            ) from None
+            return await self._client.request("POST", path, headers.items(), payload,
+                                              timeout=self._config.timeout)
+        except H2TimeoutError as exc:
+            raise TransientSendError(f"APNs timed out: {exc}") from None
+        except H2Error as exc:
+            raise TransientSendError(f"APNs connection problem: {exc}") from None
 
     def _provider_token(self) -> str:
         if self._token is None or self._clock() - self._token_iat >= TOKEN_LIFETIME_SECONDS:
@@ -274,5 +275,5 @@ class ApnsSender:
         return self._token
 
     async def close(self) -> None:
-        """Close the HTTP/2 connection."""
-        await self._client.aclose()
+        """Close the HTTP/2 connection: pushes still in flight fail as transient, then GOAWAY."""
+        await self._client.close()

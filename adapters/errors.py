@@ -7,7 +7,7 @@
     └── PermanentSendError    never try again (5xx SMTP, invalid headers, rejected address)
 
 Each adapter translates its library's exceptions into these at its edge, so nothing from
-``aiosmtplib``, ``aiohttp`` or ``httpx`` escapes ``adapters/``.
+``aiosmtplib``, ``aiohttp``, ``httpx`` or ``h2`` escapes ``adapters/``.
 """
 
 from __future__ import annotations

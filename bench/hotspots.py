@@ -38,7 +38,7 @@ STAGES = [
     ("events: unroutable events returned by the broker (basic.return)", ["_on_return_frame"]),
     ("acks: delivery.ack", ["AmqpDelivery.ack", "IncomingMessage.ack"]),
     ("SMS: TwilioSender.send (aiohttp)", ["TwilioSender.send"]),
-    ("push: ApnsSender.send (httpx, h2, anyio)", ["ApnsSender.send", "GuardedSender.send"]),
+    ("push: ApnsSender.send (h2client, h2)", ["ApnsSender.send", "GuardedSender.send"]),
     ("DB: claim / grant_caps / record (asyncpg)",
      ["Store.claim", "Store.grant_caps", "Store.record", "asyncpg/"]),
     ("decide (policy, quiet hours)", ["decide (gateway/decide.py"]),

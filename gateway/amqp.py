@@ -18,10 +18,14 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 from typing import Any, Literal, Sequence
 
 import aio_pika
 import aio_pika.exceptions
+import aiormq
+import aiormq.abc
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -31,7 +35,9 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from gateway.amqp_frames import ack_many, publish_many
 from gateway.broker import (
+    Delivery,
     DEAD_QUEUE,
     ERROR_HEADER,
     EVENTS_EXCHANGE,
@@ -103,6 +109,14 @@ class AmqpDelivery:
     async def ack(self) -> None:
         await self._message.ack()
 
+    def take(self) -> tuple[aiormq.abc.AbstractChannel, int]:
+        """The channel and delivery tag to ack this message by (for :func:`ack_many`).
+
+        Raises ``ChannelInvalidStateError`` when its channel has closed (it will be redelivered).
+        """
+        message = self._message
+        return message.channel, message.delivery_tag or 0
+
     async def reject(self, *, requeue: bool) -> None:
         await self._message.reject(requeue=requeue)
 
@@ -127,6 +141,9 @@ class AmqpBroker:
         self._prefetch = prefetch
         self._queue_type: QueueType = queue_type
         self._consumers: list[tuple[AbstractQueue, str]] = []
+        # Event message ids: unique per process and batch, without a uuid per event.
+        self._event_prefix = f"ev-{os.getpid()}-{id(self):x}-"
+        self._event_ids = itertools.count()
 
     @classmethod
     async def connect(
@@ -186,20 +203,30 @@ class AmqpBroker:
         )
 
     async def publish_events(self, events: Sequence[tuple[str, bytes]]) -> None:
-        # Confirms are awaited together: one broker round trip for the batch, not one per event.
-        await asyncio.gather(
-            *(
-                self._events.publish(
-                    aio_pika.Message(
-                        body,
-                        content_type="application/json",
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    ),
-                    routing_key=key,
-                )
-                for key, body in events
-            )
+        # All of a batch's events in one write, confirmed together (gateway.amqp_frames).
+        # Not mandatory: with no queue bound to gateway.events the broker drops an event, where
+        # a mandatory publish would come back to us to be parsed and dropped. Our own message
+        # ids spare a uuid4 per event.
+        if not events:
+            return
+        channel = await self._publish_channel.get_underlay_channel()
+        base = f"{self._event_prefix}{next(self._event_ids)}."
+        await publish_many(
+            channel,
+            self._events.name,
+            [(key, body, f"{base}{index}") for index, (key, body) in enumerate(events)],
         )
+
+    async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        # One write per channel for the whole batch (gateway.amqp_frames).
+        by_channel: dict[int, tuple[aiormq.abc.AbstractChannel, list[int]]] = {}
+        for delivery in deliveries:
+            if not isinstance(delivery, AmqpDelivery):
+                await delivery.ack()
+                continue
+            channel, tag = delivery.take()
+            by_channel.setdefault(id(channel), (channel, []))[1].append(tag)
+        await asyncio.gather(*(ack_many(channel, tags) for channel, tags in by_channel.values()))
 
     async def dead_letter(self, delivery: Any, reason: str) -> None:
         headers = dict(getattr(delivery, "headers", {}) or {})

@@ -69,6 +69,9 @@ class Broker(Protocol):
     async def publish_job(self, body: bytes, *, routing_key: str, message_id: str | None) -> None:
         """Publish a job to ``gateway.jobs`` (persistent, confirmed)."""
 
+    async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack every delivery (their outcomes are recorded), in as few writes as the broker allows."""
+
     async def publish_events(self, events: Sequence[tuple[str, bytes]]) -> None:
         """Publish ``(routing_key, body)`` events to ``gateway.events``."""
 

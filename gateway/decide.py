@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any, Mapping
 from zoneinfo import ZoneInfo
 
 from gateway.broker import Delivery
 from gateway.jobs import Job, Kind, utc_timestamp
 from gateway.outcomes import Outcome, Status, utcnow
-from gateway.policy import local_day, quiet_hours_end, resolve_zone
+from gateway.policy import QuietHours, local_day, quiet_hours_end, resolve_zone
 from gateway.rules import CampaignRules, Limits, effective_daily_cap, effective_quiet_hours
 from gateway.store import CapRequest, Claim
 from gateway.templates import TemplateVersion
@@ -43,8 +44,59 @@ class Ready:
     template: TemplateVersion | None = None  # loaded for the batch when the job names one
 
 
-def decide(incoming: Incoming, claim: Claim, now: datetime) -> Outcome | Ready:
-    """What to do with one claimed message at ``now``."""
+class PolicyMemo:
+    """What ``decide`` derives from inputs a whole batch shares, worked out once per batch.
+
+    Every claim of a batch carries the same global policy (and few campaigns), and most
+    recipients share a handful of zones: parsing the rules and placing the quiet-hours windows
+    for each message was a third of ``decide``'s cost. Keyed by the identity of the claims'
+    rule objects, so a memo must not outlive the claims it was used with: build one per batch.
+    """
+
+    __slots__ = ("now", "_limits", "_campaigns", "_quiet", "_days")
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self._limits: dict[int, Limits] = {}
+        self._campaigns: dict[int, CampaignRules] = {}
+        self._quiet: dict[tuple[ZoneInfo, QuietHours], datetime | None] = {}
+        self._days: dict[ZoneInfo, date] = {}
+
+    def limits(self, rules: Mapping[str, Any] | None) -> Limits:
+        """``Limits.from_json(rules)``, parsed once per rules object."""
+        found = self._limits.get(id(rules))
+        if found is None:
+            found = self._limits[id(rules)] = Limits.from_json(rules)
+        return found
+
+    def campaign(self, rules: Mapping[str, Any] | None) -> CampaignRules:
+        """``CampaignRules.from_json(rules)``, parsed once per rules object."""
+        found = self._campaigns.get(id(rules))
+        if found is None:
+            found = self._campaigns[id(rules)] = CampaignRules.from_json(rules)
+        return found
+
+    def quiet_hours_end(self, zone: ZoneInfo, window: QuietHours) -> datetime | None:
+        """When quiet hours end at ``now`` in ``zone``, or ``None`` outside them."""
+        key = (zone, window)
+        if key not in self._quiet:
+            self._quiet[key] = quiet_hours_end(self.now, zone, window)
+        return self._quiet[key]
+
+    def local_day(self, zone: ZoneInfo) -> date:
+        """The date at ``now`` in ``zone``."""
+        found = self._days.get(zone)
+        if found is None:
+            found = self._days[zone] = local_day(self.now, zone)
+        return found
+
+
+def decide(
+    incoming: Incoming, claim: Claim, now: datetime, memo: PolicyMemo | None = None
+) -> Outcome | Ready:
+    """What to do with one claimed message at ``now`` (``memo``: shared by a batch, same ``now``)."""
+    if memo is None or memo.now != now:
+        memo = PolicyMemo(now)
     job = incoming.job
     outcome = Outcome(job.id, job.channel.value, incoming.kind, Status.sent, now)
     outcome.campaign_id = job.campaign_id
@@ -59,19 +111,19 @@ def decide(incoming: Incoming, claim: Claim, now: datetime) -> Outcome | Ready:
     if not allowed:
         return finish(outcome, Status.suppressed, "opted_out")
     ready = Ready(incoming, claim, allowed, [t for t in targets if t in claim.opted_out])
-    limits = Limits.from_json(claim.policy_rules)
+    limits = memo.limits(claim.policy_rules)
     if incoming.kind == Kind.transactional.value and limits.transactional_bypass:
         return ready
-    campaign = CampaignRules.from_json(claim.campaign_rules) if claim.campaign_found else None
+    campaign = memo.campaign(claim.campaign_rules) if claim.campaign_found else None
     zone = _zone(claim.timezone, limits.default_timezone)
     window = effective_quiet_hours(limits, campaign)
-    end = quiet_hours_end(now, zone, window) if window is not None else None
+    end = memo.quiet_hours_end(zone, window) if window is not None else None
     if end is not None:
         if job.expires_at is not None and job.expires_at <= end:
             return finish(outcome, Status.expired, "expires_at falls within quiet hours")
         return defer(outcome, end, "quiet_hours")
     if not claim.cap_granted:
-        ready.cap = _cap_request(incoming, claim, limits, campaign, local_day(now, zone))
+        ready.cap = _cap_request(incoming, claim, limits, campaign, memo.local_day(zone))
     return ready
 
 

@@ -96,12 +96,12 @@ class Dispatcher:
             )
         except MessageFailed as exc:
             return Dispatched(finish(outcome, Status.failed, exc.reason))
-        results = await asyncio.gather(
-            *(
-                self._send_one(self._sender_for(ready, target), message, target, index, promotional)
-                for index, target in enumerate(ready.targets)
-            )
-        )
+        sends = [
+            self._send_one(self._sender_for(ready, target), message, target, index, promotional)
+            for index, target in enumerate(ready.targets)
+        ]
+        # Most messages have one target: awaited in place, without a task of its own.
+        results = [await sends[0]] if len(sends) == 1 else list(await asyncio.gather(*sends))
         results += [_Result(a, "suppressed", "opted_out") for a in ready.opted_out]
         outcome.at = utcnow()
         self._fold(outcome, results, ready.claim.failures + 1)

@@ -1,7 +1,11 @@
 """The consumer: gather deliveries into batches (B jobs or T ms), run them, shut down gracefully.
 
 Each job queue has its own buffer, so a transactional batch never waits for promotional jobs.
-Batches run concurrently; the broker's prefetch bounds how many jobs are in flight.
+At most ``max_running`` batches of a queue run at once; while they run, deliveries gather in the
+buffer, and the buffer is taken as one batch the moment a running batch finishes. So batches
+grow with the load (one round trip per statement serves more jobs as the rate rises) and the
+``batch_wait`` timer only matters when the gateway is idle. The broker's prefetch bounds how
+many jobs are in flight.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class Intake:
         batch_size: int,
         batch_wait_seconds: float,
         max_pause_seconds: float = 30.0,
+        max_running: int = 2,
     ) -> None:
         self._broker = broker
         self._pipeline = pipeline
@@ -36,6 +41,8 @@ class Intake:
         self._buffers: dict[str, list[Delivery]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, int] = {}
+        self._max_running = max_running
         self._paused_until = 0.0
         self._pause = 0.0
         self._max_pause = max_pause_seconds
@@ -54,23 +61,40 @@ class Intake:
     async def _on_delivery(self, queue: str, delivery: Delivery) -> None:
         buffer = self._buffers.setdefault(queue, [])
         buffer.append(delivery)
+        if self._running.get(queue, 0) >= self._max_running:
+            return  # taken when a running batch finishes
         if len(buffer) >= self._batch_size:
             self._flush(queue)
-        elif len(buffer) == 1:
+        elif queue not in self._timers:
             loop = asyncio.get_running_loop()
-            self._timers[queue] = loop.call_later(self._batch_wait, self._flush, queue)
+            self._timers[queue] = loop.call_later(self._batch_wait, self._on_timer, queue)
+
+    def _on_timer(self, queue: str) -> None:
+        self._timers.pop(queue, None)
+        if self._running.get(queue, 0) < self._max_running:
+            self._flush(queue)
 
     def _flush(self, queue: str) -> None:
+        """Start a batch of up to ``batch_size`` buffered deliveries of ``queue``."""
         timer = self._timers.pop(queue, None)
         if timer is not None:
             timer.cancel()
-        batch = self._buffers.pop(queue, [])
-        if not batch:
+        buffer = self._buffers.get(queue)
+        if not buffer:
             return
+        batch, self._buffers[queue] = buffer[: self._batch_size], buffer[self._batch_size :]
+        self._running[queue] = self._running.get(queue, 0) + 1
         task = asyncio.create_task(self._run(batch), name=f"batch:{queue}")
         task.batch_len = len(batch)  # type: ignore[attr-defined]
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t, q=queue: self._finished(t, q))
+
+    def _finished(self, task: asyncio.Task[None], queue: str) -> None:
+        self._tasks.discard(task)
+        self._running[queue] -= 1
+        # What gathered meanwhile goes at once: waiting longer would only add latency.
+        if self._buffers.get(queue) and self._running[queue] < self._max_running:
+            self._flush(queue)
 
     async def _run(self, batch: list[Delivery]) -> None:
         delay = self._paused_until - time.monotonic()
@@ -103,7 +127,8 @@ class Intake:
         """
         await self._broker.stop_consuming()
         for queue in list(self._buffers):
-            self._flush(queue)
+            while self._buffers.get(queue):
+                self._flush(queue)
         pending = set(self._tasks)
         if pending:
             _, still_running = await asyncio.wait(pending, timeout=grace_seconds)

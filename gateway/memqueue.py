@@ -134,6 +134,11 @@ class MemoryBroker:
             task.cancel()
         await asyncio.gather(*consumers, return_exceptions=True)
 
+    async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack each delivery."""
+        for delivery in deliveries:
+            await delivery.ack()
+
     async def publish_job(self, body: bytes, *, routing_key: str, message_id: str | None) -> None:
         """Queue a job on the queue bound to ``routing_key``; an unbound key drops it."""
         queue_name = _QUEUE_FOR_KEY.get(routing_key)

@@ -21,7 +21,7 @@ import structlog
 from adapters.base import Sender
 from gateway.addresses import normalise_address, normalise_phone
 from gateway.broker import Broker, Delivery, kind_from_routing_key
-from gateway.decide import Incoming, Ready, decide, outcome_of
+from gateway.decide import Incoming, PolicyMemo, Ready, decide, outcome_of
 from gateway.dispatch import Dispatcher
 from gateway.errors import InvalidJob, MessageFailed
 from gateway.jobs import Job, Kind, parse_job, utc_timestamp
@@ -81,7 +81,8 @@ class Pipeline:
                 lease_until=now + timedelta(seconds=self._settings.processing_lease_seconds),
                 now=now,
             )
-            decided = [decide(unique[c.id], c, utcnow()) for c in claims]
+            memo = PolicyMemo(utcnow())
+            decided = [decide(unique[c.id], c, memo.now, memo) for c in claims]
             await self._load_templates(decided)
             ready = await self._grant(decided)
         except _DB_ERRORS as exc:
@@ -111,7 +112,7 @@ class Pipeline:
             log.error("events.publish_failed", count=len(events), error=str(exc))
         # Everything not claimed was a duplicate delivery of a message someone else owns or
         # finished: its outcome is already recorded, so it is acked without another send.
-        await asyncio.gather(*(p.delivery.ack() for p in parsed))
+        await self._broker.ack_all([p.delivery for p in parsed])
         started = {c.id: _clock_start(c, unique[c.id].job) for c in claims}
         self._metrics.count_outcomes(outcomes, started)
         for outcome in outcomes:
@@ -180,7 +181,7 @@ class Pipeline:
             parsed.append(Incoming(delivery, job, kind, recipient_of(job)))
         if dead:
             await asyncio.gather(*(self._broker.dead_letter(d, reason) for d, reason in dead))
-            await asyncio.gather(*(d.ack() for d, _ in dead))
+            await self._broker.ack_all([d for d, _ in dead])
             for _, reason in dead:
                 log.warning("job.dead_lettered", reason=reason)
         return parsed

@@ -263,7 +263,10 @@ class Store:
             [m.user_id for m in messages],
             [m.sender for m in messages],
         )
-        return [_claim(r) for r in rows]
+        # Every row carries the same policy text (and few campaigns'): parse each text once,
+        # and share the object, so decide's per-batch memo sees one object per rule set.
+        rules: dict[str, dict[str, Any]] = {}
+        return [_claim(r, rules) for r in rows]
 
     async def grant_caps(self, requests: Sequence[CapRequest]) -> dict[str, str | None]:
         """Take cap slots for a batch (one call); map message id -> refusal reason or ``None``."""
@@ -385,7 +388,17 @@ class Store:
         return message
 
 
-def _claim(row: asyncpg.Record) -> Claim:
+def _rules(text: str | None, parsed: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The JSON rules in ``text``, parsed once per text per batch (shared: read-only)."""
+    if not text:
+        return None
+    found = parsed.get(text)
+    if found is None:
+        found = parsed[text] = orjson.loads(text)
+    return found
+
+
+def _claim(row: asyncpg.Record, rules: dict[str, dict[str, Any]]) -> Claim:
     return Claim(
         id=row["id"],
         failures=row["failures"],
@@ -400,7 +413,7 @@ def _claim(row: asyncpg.Record) -> Claim:
         opted_out=frozenset(row["opted_out"]),
         delivered=frozenset(row["delivered"]),
         campaign_found=row["campaign_found"],
-        campaign_rules=orjson.loads(row["campaign_rules"]) if row["campaign_rules"] else None,
-        policy_rules=orjson.loads(row["policy_rules"]) if row["policy_rules"] else None,
+        campaign_rules=_rules(row["campaign_rules"], rules),
+        policy_rules=_rules(row["policy_rules"], rules),
         created_at=row["created_at"],
     )

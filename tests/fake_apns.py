@@ -7,7 +7,16 @@ the TCP connection and stream it came on. Cleartext speaks HTTP/2 with prior kno
 ``ssl.SSLContext`` it offers ``h2`` by ALPN.
 
 Magic device tokens answer with one error each (see ``MAGIC``); ``__expired_provider_token__``
-answers ``403 ExpiredProviderToken`` the first time only, and ``__hang__`` never answers.
+answers ``403 ExpiredProviderToken`` the first time only, ``__hang__`` never answers,
+``__freeze__`` makes the connection ignore everything from then on (PINGs too), as if a
+firewall had dropped it, ``__drop_connection__`` drops the TCP connection, and
+``__verbose_error__`` answers 400 with a 4 KB body (to use up the client's receive window unless
+it acknowledges what it reads).
+
+Options make it a harsher server: ``max_concurrent_streams`` and ``initial_window_size`` go in
+its SETTINGS; ``goaway_after=n`` sends GOAWAY (reason ``Shutdown``) on the n-th request of the
+first connection, answers the streams up to that one, ignores the later ones and then closes.
+It records the RST_STREAM codes and the GOAWAYs it receives.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import base64
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +34,13 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from hyperframe.frame import GoAwayFrame
 
 # device token -> (status, reason, extra response headers)
 MAGIC: dict[str, tuple[int, str, dict[str, str]]] = {
@@ -43,6 +54,7 @@ MAGIC: dict[str, tuple[int, str, dict[str, str]]] = {
     "__bad_topic__": (400, "BadTopic", {}),
     "__not_for_topic__": (400, "DeviceTokenNotForTopic", {}),
     "__payload_too_large__": (413, "PayloadTooLarge", {}),
+    "__verbose_error__": (400, "BadPriority", {}),
 }
 UNREGISTERED_AT_MS = 1_700_000_000_000
 
@@ -60,6 +72,7 @@ class ApnsRequest:
     jwt_claims: dict[str, Any] | None = None
     status: int = 0
     reason: str | None = None
+    data_frames: int = 0  # DATA frames the body came in
 
     @property
     def payload(self) -> Any:
@@ -82,19 +95,28 @@ class FakeApns:
     clock: Callable[[], float] = time.time
     ssl_context: ssl.SSLContext | None = None
     latency: float = 0.0  # seconds before each answer, so streams overlap
+    port: int = 0  # 0: any free port
+    max_concurrent_streams: int | None = None  # SETTINGS_MAX_CONCURRENT_STREAMS, if set
+    initial_window_size: int | None = None  # SETTINGS_INITIAL_WINDOW_SIZE, if set
+    goaway_after: int | None = None  # GOAWAY on this request of the first connection
     requests: list[ApnsRequest] = field(default_factory=list)
     connections: int = 0
     max_open_streams: int = 0
+    resets: list[int] = field(default_factory=list)  # RST_STREAM error codes received
+    goaways: list[int] = field(default_factory=list)  # GOAWAY error codes received
     _open_streams: int = 0
     _seen: set[str] = field(default_factory=set)
+    _tokens: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = field(
+        default_factory=dict
+    )
     _server: asyncio.Server | None = None
     _protocols: list[_H2Protocol] = field(default_factory=list)
 
     async def start(self) -> None:
-        """Listen on a free port of 127.0.0.1."""
+        """Listen on 127.0.0.1 (``port``, or a free one)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._new_protocol, "127.0.0.1", 0, ssl=self.ssl_context
+            self._new_protocol, "127.0.0.1", self.port, ssl=self.ssl_context
         )
 
     @property
@@ -135,18 +157,13 @@ class FakeApns:
         auth = request.headers.get("authorization", "")
         if not auth.startswith("bearer "):
             return 403, "MissingProviderToken", {}
-        try:
-            header_b64, claims_b64, signature_b64 = auth.removeprefix("bearer ").split(".")
-            request.jwt_header = orjson.loads(_b64decode(header_b64))
-            request.jwt_claims = claims = orjson.loads(_b64decode(claims_b64))
-            raw = _b64decode(signature_b64)
-            signature = encode_dss_signature(int.from_bytes(raw[:32], "big"),
-                                             int.from_bytes(raw[32:], "big"))
-            self.public_key.verify(signature, f"{header_b64}.{claims_b64}".encode(),
-                                   ec.ECDSA(hashes.SHA256()))
-        except (ValueError, InvalidSignature, orjson.JSONDecodeError):
+        # The same token comes on every request for most of an hour: verify it once.
+        if auth not in self._tokens:
+            self._tokens[auth] = self._verify(auth.removeprefix("bearer "))
+        verified = self._tokens[auth]
+        if verified is None:
             return 403, "InvalidProviderToken", {}
-        header = request.jwt_header or {}
+        request.jwt_header, request.jwt_claims = header, claims = verified
         if header.get("alg") != "ES256" or header.get("kid") != self.key_id:
             return 403, "InvalidProviderToken", {}
         if claims.get("iss") != self.team_id or not isinstance(claims.get("iat"), int):
@@ -154,6 +171,23 @@ class FakeApns:
         if self.clock() - claims["iat"] > 3600:
             return 403, "ExpiredProviderToken", {}
         return None
+
+    def _verify(self, token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The JWT's header and claims if its ES256 signature is the team key's, else None."""
+        try:
+            header_b64, claims_b64, signature_b64 = token.split(".")
+            header, claims = orjson.loads(_b64decode(header_b64)), orjson.loads(
+                _b64decode(claims_b64))
+            raw = _b64decode(signature_b64)
+            signature = encode_dss_signature(int.from_bytes(raw[:32], "big"),
+                                             int.from_bytes(raw[32:], "big"))
+            self.public_key.verify(signature, f"{header_b64}.{claims_b64}".encode(),
+                                   ec.ECDSA(hashes.SHA256()))
+        except (ValueError, InvalidSignature, orjson.JSONDecodeError):
+            return None
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            return None
+        return header, claims
 
     def _check_headers(self, request: ApnsRequest) -> tuple[int, str, dict[str, str]] | None:
         headers = request.headers
@@ -187,9 +221,19 @@ class _H2Protocol(asyncio.Protocol):
         self._conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         )
+        codes = h2.settings.SettingCodes
+        settings = {codes(code): value for code, value in self._conn.local_settings.items()}
+        if fake.max_concurrent_streams is not None:  # h2's default is 100
+            settings[codes.MAX_CONCURRENT_STREAMS] = fake.max_concurrent_streams
+        if fake.initial_window_size is not None:
+            settings[codes.INITIAL_WINDOW_SIZE] = fake.initial_window_size
+        self._conn.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         self._transport: asyncio.Transport | None = None
-        self._streams: dict[int, tuple[dict[str, str], bytearray]] = {}
+        self._streams: dict[int, tuple[dict[str, str], bytearray, list[int]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._received = 0
+        self._last_stream_id: int | None = None  # set once we have sent GOAWAY
+        self._frozen = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -198,6 +242,8 @@ class _H2Protocol(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self._frozen:
+            return
         try:
             events = self._conn.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -206,27 +252,65 @@ class _H2Protocol(asyncio.Protocol):
             return
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
-                headers = {str(k): str(v) for k, v in event.headers or []}
-                self._streams[event.stream_id] = (headers, bytearray())
+                self._on_request(event)
             elif isinstance(event, h2.events.DataReceived):
-                self._streams[event.stream_id][1].extend(event.data or b"")
+                # Acknowledge even what is ignored: it counts against the connection window.
                 self._conn.acknowledge_received_data(event.flow_controlled_length,
                                                      event.stream_id)
+                if event.stream_id in self._streams:
+                    _, body, frames = self._streams[event.stream_id]
+                    body.extend(event.data or b"")
+                    frames[0] += 1
             elif isinstance(event, h2.events.StreamEnded):
-                headers, body = self._streams.pop(event.stream_id)
-                task = asyncio.ensure_future(self._answer(event.stream_id, headers, bytes(body)))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                if event.stream_id in self._streams:
+                    headers, body, frames = self._streams.pop(event.stream_id)
+                    self._spawn(self._answer(event.stream_id, headers, bytes(body), frames[0]))
+            elif isinstance(event, h2.events.StreamReset):
+                self._fake.resets.append(int(event.error_code or 0))
             elif isinstance(event, h2.events.ConnectionTerminated):
+                self._fake.goaways.append(int(event.error_code or 0))
                 self.abort()
         self._flush()
 
-    async def _answer(self, stream_id: int, headers: dict[str, str], body: bytes) -> None:
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        if self._last_stream_id is not None:
+            return  # after our GOAWAY: not processed, never answered
+        headers = {str(k): str(v) for k, v in event.headers or []}
+        if headers.get(":path", "").endswith("/__freeze__"):
+            self._frozen = True
+            return
+        self._streams[event.stream_id] = (headers, bytearray(), [0])
+        self._received += 1
+        fake = self._fake
+        if self._number == 1 and fake.goaway_after == self._received:
+            self._last_stream_id = event.stream_id
+            self._flush()
+            # Written by hand: h2 would refuse to send the answers to the streams it spares.
+            goaway = GoAwayFrame(0, last_stream_id=event.stream_id, error_code=0,
+                                 additional_data=b'{"reason":"Shutdown"}')
+            assert self._transport is not None
+            self._transport.write(goaway.serialize())
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._last_stream_id is not None and not self._tasks and self._transport is not None:
+            self._transport.close()  # GOAWAY sent and every spared stream answered
+
+    async def _answer(self, stream_id: int, headers: dict[str, str], body: bytes,
+                      data_frames: int) -> None:
         fake = self._fake
         path = headers.get(":path", "")
         request = ApnsRequest(self._number, stream_id, path.removeprefix("/3/device/"),
-                              headers, body)
+                              headers, body, data_frames=data_frames)
         fake.requests.append(request)
+        if request.device_token == "__drop_connection__":
+            self.abort()
+            return
         fake._open_streams += 1
         fake.max_open_streams = max(fake.max_open_streams, fake._open_streams)
         try:
@@ -247,6 +331,8 @@ class _H2Protocol(asyncio.Protocol):
             error: dict[str, Any] = {"reason": reason}
             if status == 410:
                 error["timestamp"] = UNREGISTERED_AT_MS
+            if request.device_token == "__verbose_error__":
+                error["detail"] = "x" * 4096
             response_body = orjson.dumps(error)
         response_headers = [(":status", str(status)), ("apns-id", apns_id), *extra.items()]
         try:
@@ -254,7 +340,7 @@ class _H2Protocol(asyncio.Protocol):
             if response_body:
                 self._conn.send_data(stream_id, response_body, end_stream=True)
         except h2.exceptions.H2Error:
-            return  # the client reset the stream meanwhile
+            return  # the client reset the stream meanwhile (or its window is shut)
         self._flush()
 
     def _flush(self) -> None:

@@ -409,15 +409,15 @@ async def test_poison_jobs_are_set_aside_and_the_good_ones_flow_at_speed(
 
     Timing in a test, kept from flaking on a loaded 2-core box: both rates are measured back to
     back, from the first to the last arrival at the fake (process start-up excluded). Below 0.8,
-    both are measured once more and the best of each pair is compared: other load on the machine
-    only ever slows a run down, so the faster of two runs is the better estimate."""
+    both are measured again (up to three times) and the best of each is compared: other load on
+    the machine only ever slows a run down, so the fastest run is the better estimate."""
     count, twilio = 2000, SwitchableTwilio()
     await twilio.start()
     settings = sms_settings(settings_for, twilio, prefetch=100, batch_size=50)
     clean_rates: list[float] = []
     poisoned_rates: list[float] = []
     try:
-        for attempt in range(2):
+        for attempt in range(3):
             clean = [sms_job(f"clean-{attempt}-{n}", phone(n)) for n in range(count)]
             clean_rates.append(await _good_rate(amqp, settings, twilio, list(clean), clean))
             good = [sms_job(f"good-{attempt}-{n}", phone(count + n)) for n in range(count)]

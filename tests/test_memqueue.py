@@ -224,6 +224,7 @@ def test_memory_broker_has_every_broker_method() -> None:
         "consume",
         "stop_consuming",
         "publish_job",
+        "ack_all",
         "publish_events",
         "dead_letter",
         "ping",
