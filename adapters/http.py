@@ -5,10 +5,15 @@ the sender, with connect and read timeouts from configuration. :meth:`HttpClient
 
 - translates every aiohttp, socket and timeout exception into
   :class:`~adapters.errors.TransientSendError`, here and nowhere else;
-- reads the body, parses it as JSON when it is JSON, and parses ``Retry-After``;
+- reads the body, parses it as JSON when it is JSON, and parses ``Retry-After`` when present;
 - returns an :class:`HttpResponse` when the status is allowed, and otherwise raises the
   ``SendError`` that the provider's ``classify`` function (default :func:`classify_status`)
   makes of the response.
+
+It is on the path of every SMS, so per-request work that gives the same answer each time is
+done once: form bodies are url-encoded to bytes here (aiohttp's ``FormData`` does the same
+encoding with much more bookkeeping), and the parsed URL and the fixed header set (Basic
+credentials, content type) are kept per client in small bounded caches.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from __future__ import annotations
 import base64
 import email.utils
 import math
-from collections.abc import Callable, Container, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from adapters.errors import PermanentSendError, SendError, TransientSendError
 
@@ -31,16 +38,56 @@ SUCCESS = range(200, 300)
 # Statuses that say "not now" rather than "not this message".
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+JSON_CONTENT_TYPE = "application/json"
 
-@dataclass(frozen=True, slots=True)
+# A client talks to one provider: a handful of URLs and one or two credentials. The bounds only
+# stop a caller that builds URLs per request from growing the caches without end.
+URL_CACHE_SIZE = 256
+HEADER_CACHE_SIZE = 64
+
+
 class HttpResponse:
-    """A provider's answer. ``json`` is ``None`` when the body is empty or not JSON."""
+    """A provider's answer. ``json`` is ``None`` when the body is empty or not JSON.
 
-    status: int
-    headers: Mapping[str, str]
-    json: Any
-    text: str
-    retry_after: float | None
+    ``content`` is the raw body; ``text`` is that body decoded as UTF-8 (bad bytes replaced),
+    decoded on first read, since only refusals are ever described. ``retry_after`` is the
+    ``Retry-After`` header in seconds (see :func:`parse_retry_after`), ``None`` without one.
+    Treat instances as read-only.
+    """
+
+    __slots__ = ("status", "headers", "json", "retry_after", "content", "_text")
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        headers: Mapping[str, str],
+        json: Any,
+        retry_after: float | None,
+        content: bytes = b"",
+        text: str | None = None,
+    ) -> None:
+        """Give ``content`` (``text`` is then decoded from it when read), or ``text`` itself."""
+        self.status = status
+        self.headers = headers
+        self.json = json
+        self.retry_after = retry_after
+        self.content = content
+        self._text = text
+
+    @property
+    def text(self) -> str:
+        """The body as text: UTF-8, undecodable bytes replaced."""
+        if self._text is None:
+            self._text = self.content.decode("utf-8", "replace")
+        return self._text
+
+    def __repr__(self) -> str:
+        return (
+            f"HttpResponse(status={self.status}, json={self.json!r}, "
+            f"retry_after={self.retry_after!r}, content={self.content[:100]!r})"
+        )
 
 
 Classify = Callable[[HttpResponse], SendError]
@@ -69,6 +116,15 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def encode_form(fields: Mapping[str, str] | Sequence[tuple[str, str]]) -> bytes:
+    """``fields`` as an ``application/x-www-form-urlencoded`` body, in the order given.
+
+    Exactly what aiohttp's ``FormData`` sends for the same fields (it calls ``urlencode`` too):
+    UTF-8, percent-encoded except ``A-Za-z0-9_.-~``, spaces as ``+``.
+    """
+    return urlencode(fields).encode("ascii")
+
+
 def describe(response: HttpResponse, limit: int = 300) -> str:
     """A short, loggable summary of a refused response's body."""
     text = " ".join(response.text.split())
@@ -81,6 +137,39 @@ def classify_status(response: HttpResponse, *, provider: str = "provider") -> Se
     if response.status in TRANSIENT_STATUSES or response.status >= 500:
         return TransientSendError(reason, retry_after=response.retry_after)
     return PermanentSendError(reason)
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[K, V]):
+    """A dict that keeps at most ``maxsize`` entries, forgetting the oldest first.
+
+    First in, first out rather than least recently used: the keys of one client are a few,
+    read far more often than written, and a plain dict lookup is the whole cost of a hit.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        self._entries: dict[K, V] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> V | None:
+        """The value for ``key``, or ``None``."""
+        return self._entries.get(key)
+
+    def put(self, key: K, value: V) -> V:
+        """Remember ``value`` for ``key`` (forgetting the oldest entry if full); return it."""
+        entries = self._entries
+        if key not in entries and len(entries) >= self.maxsize:
+            del entries[next(iter(entries))]
+        entries[key] = value
+        return value
 
 
 class HttpClient:
@@ -102,6 +191,13 @@ class HttpClient:
         self._max_connections = max_connections
         self._session = session
         self._owns_session = session is None
+        self._urls: BoundedCache[str, URL] = BoundedCache(URL_CACHE_SIZE)
+        # Keyed by (basic_auth, content type). Read-only proxies: aiohttp only reads the
+        # headers it is given (it merges them into a new dict per request), and a proxy
+        # guarantees no request can change the set the next one is sent with.
+        self._fixed_headers: BoundedCache[
+            tuple[tuple[str, str] | None, str | None], CIMultiDictProxy[str]
+        ] = BoundedCache(HEADER_CACHE_SIZE)
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use: a session must be created inside the running event loop.
@@ -120,39 +216,83 @@ class HttpClient:
         *,
         allowed: Container[int] = SUCCESS,
         classify: Classify | None = None,
-        data: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | bytes | None = None,
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         basic_auth: tuple[str, str] | None = None,
     ) -> HttpResponse:
-        """Send one request; return the response if its status is ``allowed``, else raise."""
-        body = orjson.dumps(json) if json is not None else None
-        sent_headers = dict(headers or {})
-        if basic_auth is not None:
-            sent_headers["Authorization"] = _basic_authorization(*basic_auth)
-        if body is not None:
-            sent_headers.setdefault("Content-Type", "application/json")
+        """Send one request; return the response if its status is ``allowed``, else raise.
+
+        ``data`` is a form: fields (encoded here with :func:`encode_form`) or a body already
+        form-encoded; either goes as ``application/x-www-form-urlencoded``. ``json`` is
+        serialised with orjson. A ``Content-Type`` in ``headers`` wins over both.
+        """
+        if data is not None and json is not None:
+            raise ValueError("pass data or json, not both")
+        body: bytes | None
+        if data is not None:
+            body = data if isinstance(data, bytes) else encode_form(data)
+            content_type: str | None = FORM_CONTENT_TYPE
+        elif json is not None:
+            body, content_type = orjson.dumps(json), JSON_CONTENT_TYPE
+        else:
+            body = content_type = None
+        sent_headers = self._headers(headers, basic_auth, content_type)
         try:
             async with self._client().request(
-                method, url, data=dict(data) if data is not None else body,
-                headers=sent_headers, allow_redirects=False,
+                method, self._url(url), data=body, headers=sent_headers, allow_redirects=False
             ) as raw:
                 content = await raw.read()
                 status, response_headers = raw.status, raw.headers
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise self._transport_error(exc) from None
+        retry_after = response_headers.get("Retry-After")
         response = HttpResponse(
             status=status,
             headers=response_headers,
             json=_json_or_none(content),
-            text=content.decode("utf-8", "replace"),
-            retry_after=parse_retry_after(response_headers.get("Retry-After")),
+            content=content,
+            retry_after=None if retry_after is None else parse_retry_after(retry_after),
         )
         if status in allowed:
             return response
         if classify is None:
             raise classify_status(response, provider=self.name)
         raise classify(response)
+
+    def _url(self, url: str) -> URL | str:
+        """The parsed URL, parsed once per string.
+
+        aiohttp turns a string into a ``yarl.URL`` on every request; recent yarl keeps its own
+        cache of parsed strings, older versions parse each time.
+        """
+        parsed = self._urls.get(url)
+        if parsed is None:
+            try:
+                parsed = URL(url)
+            except ValueError:
+                # Let aiohttp fail on it as before: its InvalidUrlClientError is a ClientError,
+                # so the caller gets the TransientSendError it always got.
+                return url
+            self._urls.put(url, parsed)
+        return parsed
+
+    def _headers(
+        self,
+        headers: Mapping[str, str] | None,
+        basic_auth: tuple[str, str] | None,
+        content_type: str | None,
+    ) -> Mapping[str, str]:
+        """The request's headers: a cached set when the caller adds none of its own."""
+        if not headers:
+            key = (basic_auth, content_type)
+            fixed = self._fixed_headers.get(key)
+            if fixed is None:
+                built = CIMultiDict(_build_headers({}, basic_auth, content_type))
+                fixed = self._fixed_headers.put(key, CIMultiDictProxy(built))
+            return fixed
+        # Caller headers (a bearer token, say) vary per request: nothing worth caching.
+        return _build_headers(headers, basic_auth, content_type)
 
     def _transport_error(self, exc: BaseException) -> TransientSendError:
         # Timeouts first: aiohttp's timeout errors are ClientErrors and TimeoutErrors both.
@@ -167,6 +307,17 @@ class HttpClient:
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+def _build_headers(
+    headers: Mapping[str, str], basic_auth: tuple[str, str] | None, content_type: str | None
+) -> dict[str, str]:
+    sent = dict(headers)
+    if basic_auth is not None:
+        sent["Authorization"] = _basic_authorization(*basic_auth)
+    if content_type is not None and not any(k.lower() == "content-type" for k in sent):
+        sent["Content-Type"] = content_type
+    return sent
 
 
 def _basic_authorization(user: str, password: str) -> str:

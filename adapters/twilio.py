@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from adapters.base import OutboundSms, SendResult
 from adapters.breaker import CircuitBreaker
 from adapters.errors import OptedOutError, PermanentSendError, SendError, TransientSendError
-from adapters.http import HttpClient, HttpResponse, describe
+from adapters.http import HttpClient, HttpResponse, describe, encode_form
 from adapters.ratelimit import ConcurrencyLimit, RateLimiter
 
 STATUS_CALLBACK_PATH = "/v1/status/twilio"
@@ -105,6 +106,15 @@ class TwilioSender:
         self._url = (
             f"{config.base_url.rstrip('/')}/2010-04-01/Accounts/{config.account_sid}/Messages.json"
         )
+        # Encoded once: the callback URL is the same on every request and, all of it being
+        # characters to escape, the costliest field to encode.
+        self._callback_field = (
+            b"&" + urlencode({"StatusCallback": config.status_callback_url}).encode("ascii")
+            if config.status_callback_url
+            else b""
+        )
+        # One tuple for the life of the sender: the key of the client's cached header set.
+        self._basic_auth = (config.account_sid, config.auth_token)
         self._owns_http = http is None
         self._http = http or HttpClient(
             name="twilio",
@@ -120,11 +130,10 @@ class TwilioSender:
             config.breaker_threshold, config.breaker_reset_seconds, clock, name="twilio"
         )
 
-    def _form(self, message: OutboundSms, from_: str) -> dict[str, str]:
-        form = {"To": message.to, "From": from_, "Body": message.body}
-        if self._config.status_callback_url:
-            form["StatusCallback"] = self._config.status_callback_url
-        return form
+    def _form(self, message: OutboundSms, from_: str) -> bytes:
+        """The url-encoded form: ``To``, ``From``, ``Body``, then ``StatusCallback`` if set."""
+        fields = (("To", message.to), ("From", from_), ("Body", message.body))
+        return encode_form(fields) + self._callback_field
 
     async def send(self, message: OutboundSms) -> SendResult:
         """Send one SMS; raise ``TransientSendError``, ``PermanentSendError``/``OptedOutError``."""
@@ -140,7 +149,7 @@ class TwilioSender:
                     "POST",
                     self._url,
                     data=self._form(message, from_),
-                    basic_auth=(self._config.account_sid, self._config.auth_token),
+                    basic_auth=self._basic_auth,
                     classify=classify,
                 )
         return SendResult(provider_message_id=_sid(response.json))

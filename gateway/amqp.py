@@ -1,7 +1,10 @@
 """RabbitMQ through aio-pika: a robust connection, the topology declared idempotently at start.
 
 One channel per job queue, each with its own prefetch, so transactional jobs never wait behind a
-promotional backlog; one channel with publisher confirms for everything we publish.
+promotional backlog; one channel with publisher confirms for everything we publish. Jobs are
+consumed straight off aiormq's channel (:class:`JobConsumer`), without aio-pika's per-message
+``IncomingMessage`` and second task; the consumer registers itself again whenever aio-pika's
+robust channel reopens.
 
 The gateway's queues are declared durable with one argument, ``x-queue-type`` (``classic`` or
 ``quorum``, from ``GATEWAY_AMQP_QUEUE_TYPE``), and nothing else: quorum queues refuse the
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, cast
 
 import aio_pika
 import aio_pika.exceptions
@@ -30,11 +33,11 @@ import structlog
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
-    AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
 
+from gateway.amqp_consumer import AmqpDelivery, JobConsumer
 from gateway.amqp_frames import ack_many, publish_many
 from gateway.broker import (
     Delivery,
@@ -86,41 +89,6 @@ async def declare_queue(
         raise QueueTypeMismatch(name, queue_type, " ".join(str(exc).split())) from None
 
 
-class AmqpDelivery:
-    """An aio-pika message seen through the :class:`gateway.broker.Delivery` protocol."""
-
-    __slots__ = ("_message",)
-
-    def __init__(self, message: AbstractIncomingMessage) -> None:
-        self._message = message
-
-    @property
-    def body(self) -> bytes:
-        return self._message.body
-
-    @property
-    def routing_key(self) -> str:
-        return self._message.routing_key or ""
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return dict(self._message.headers or {})
-
-    async def ack(self) -> None:
-        await self._message.ack()
-
-    def take(self) -> tuple[aiormq.abc.AbstractChannel, int]:
-        """The channel and delivery tag to ack this message by (for :func:`ack_many`).
-
-        Raises ``ChannelInvalidStateError`` when its channel has closed (it will be redelivered).
-        """
-        message = self._message
-        return message.channel, message.delivery_tag or 0
-
-    async def reject(self, *, requeue: bool) -> None:
-        await self._message.reject(requeue=requeue)
-
-
 class AmqpBroker:
     """The gateway's view of RabbitMQ. Build it with :meth:`connect`."""
 
@@ -140,7 +108,7 @@ class AmqpBroker:
         self._events = events
         self._prefetch = prefetch
         self._queue_type: QueueType = queue_type
-        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._consumers: list[JobConsumer] = []
         # Event message ids: unique per process and batch, without a uuid per event.
         self._event_prefix = f"ev-{os.getpid()}-{id(self):x}-"
         self._event_ids = itertools.count()
@@ -171,25 +139,19 @@ class AmqpBroker:
 
     async def consume(self, on_delivery: OnDelivery) -> None:
         for queue_name in JOB_QUEUES:
-            channel = await self._connection.channel()
+            # A robust channel: on reopening it restores this qos and declaration before the
+            # consumer registers again (JobConsumer).
+            channel = cast(aio_pika.RobustChannel, await self._connection.channel())
             await channel.set_qos(prefetch_count=self._prefetch)
-            # Declared (not just looked up) on this channel so the robust channel restores the
-            # consumer after a reconnection.
-            queue = await declare_queue(channel, queue_name, queue_type=self._queue_type)
-
-            async def callback(message: AbstractIncomingMessage, _q: str = queue_name) -> None:
-                await on_delivery(_q, AmqpDelivery(message))
-
-            tag = await queue.consume(callback)
-            self._consumers.append((queue, tag))
+            await declare_queue(channel, queue_name, queue_type=self._queue_type)
+            consumer = JobConsumer(channel, queue_name, on_delivery)
+            await consumer.start()
+            self._consumers.append(consumer)
 
     async def stop_consuming(self) -> None:
         consumers, self._consumers = self._consumers, []
-        for queue, tag in consumers:
-            try:
-                await queue.cancel(tag)
-            except Exception as exc:  # the channel may already be gone: nothing left to cancel
-                log.warning("amqp.cancel_failed", queue=queue.name, error=str(exc))
+        for consumer in consumers:
+            await consumer.stop()
 
     async def publish_job(self, body: bytes, *, routing_key: str, message_id: str | None) -> None:
         await self._jobs.publish(
@@ -247,6 +209,8 @@ class AmqpBroker:
             raise ConnectionError("AMQP connection is closed")
 
     async def close(self) -> None:
+        for consumer in self._consumers:
+            consumer.detach()
         await self._connection.close()
 
 

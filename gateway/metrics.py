@@ -5,13 +5,14 @@ message), so the hot path makes no database round trip for metrics. The one gaug
 the database, the deferred backlog, is refreshed by the scheduler at most every few seconds.
 
 Label values are bounded: channels, kinds, statuses, sender keys and short reason codes, never
-an address, a message id or a provider's free-text error.
+an address, a message id or a provider's free-text error. That also lets the hot path keep each
+labelled child once found (:class:`Children`) instead of calling ``labels()`` per event.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Generic, Iterable, Mapping, TypeVar
 
 from aiohttp import web
 from prometheus_client import (
@@ -25,7 +26,7 @@ from prometheus_client import (
 
 from gateway.outcomes import FINAL, Outcome, Status
 
-__all__ = ["METRICS", "Metrics", "metrics_routes", "suppression_reason"]
+__all__ = ["METRICS", "Children", "Metrics", "metrics_routes", "suppression_reason"]
 
 # Suppression reasons as label values; anything else is counted as "other".
 SUPPRESSION_REASONS = frozenset({"opted_out", "daily_cap", "campaign_cap"})
@@ -33,6 +34,36 @@ SUPPRESSION_REASONS = frozenset({"opted_out", "daily_cap", "campaign_cap"})
 # Seconds. End-to-end spans queue waits and retries; a provider request is usually sub-second.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[M]):
+    """A labelled metric's children by label values: ``children(*values)`` is ``labels()``, kept.
+
+    prometheus-client's ``labels()`` validates its arguments, builds a tuple of strings and
+    takes a lock on every call, which costs as much as the ``inc()`` or ``observe()`` after
+    it; a hit here is one dict lookup. The dict holds no more than the metric itself keeps
+    (label values are bounded). Do not ``remove()`` or ``clear()`` a metric read through one:
+    the kept child would outlive its series and count into nothing.
+    """
+
+    __slots__ = ("metric", "_children")
+
+    def __init__(self, metric: M) -> None:
+        self.metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        """The child for these label values, made by ``labels()`` the first time."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+    def __len__(self) -> int:
+        return len(self._children)
 
 
 class Metrics:
@@ -74,6 +105,12 @@ class Metrics:
             "gateway_inbound_messages", "Inbound SMS processed (retried webhooks not counted)",
             ["provider", "action"], registry=r,
         )
+        # The hot path's children, kept (see Children).
+        self._messages = Children(self.messages)
+        self._delivery_latency = Children(self.delivery_latency)
+        self._provider_latency = Children(self.provider_latency)
+        self._provider_errors = Children(self.provider_errors)
+        self._suppressions = Children(self.suppressions)
 
     def count_outcomes(
         self, outcomes: Iterable[Outcome], started: Mapping[str, datetime | None]
@@ -82,21 +119,21 @@ class Metrics:
         for outcome in outcomes:
             if outcome.status not in FINAL:
                 continue
-            self.messages.labels(outcome.channel, outcome.kind, outcome.status.value).inc()
+            self._messages(outcome.channel, outcome.kind, outcome.status.value).inc()
             if outcome.status is Status.suppressed:
                 reason = suppression_reason(outcome.reason)
-                self.suppressions.labels(outcome.channel, reason).inc()
+                self._suppressions(outcome.channel, reason).inc()
             elif outcome.status is Status.sent:
                 since = started.get(outcome.message_id)
                 if since is not None:
                     seconds = max(0.0, (outcome.at - since).total_seconds())
-                    self.delivery_latency.labels(outcome.channel, outcome.kind).observe(seconds)
+                    self._delivery_latency(outcome.channel, outcome.kind).observe(seconds)
 
     def observe_request(self, provider: str, seconds: float, error: str | None) -> None:
         """One send through ``provider`` took ``seconds``; ``error`` is its class, if it failed."""
-        self.provider_latency.labels(provider).observe(seconds)
+        self._provider_latency(provider).observe(seconds)
         if error is not None:
-            self.provider_errors.labels(provider, error).inc()
+            self._provider_errors(provider, error).inc()
 
     def watch_in_flight(self, source: Callable[[], int]) -> None:
         """Read the in-flight gauge from ``source`` at each scrape."""

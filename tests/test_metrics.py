@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import Gateway
-from gateway.metrics import Metrics, suppression_reason
+from gateway.metrics import Children, Metrics, suppression_reason
 from gateway.outcomes import Outcome, Status
 from tests.conftest import Amqp
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
@@ -192,3 +192,31 @@ def test_only_final_outcomes_are_counted_and_only_sent_ones_timed() -> None:
     assert 'gateway_messages_total{channel="sms",kind="transactional",status="sent"} 1.0' in text
     assert 'status="deferred"' not in text
     assert 'gateway_delivery_latency_seconds_sum{channel="sms",kind="transactional"} 2.0' in text
+
+
+def test_children_are_looked_up_once_per_label_tuple_and_count_into_the_registry() -> None:
+    """A kept child is the one labels() gives, so what it counts shows at /metrics."""
+    metrics = Metrics()
+    children = Children(metrics.provider_errors)
+    first = children("sms", "timeout")
+    assert first is metrics.provider_errors.labels("sms", "timeout")
+    assert children("sms", "timeout") is first
+    children("sms", "timeout").inc()
+    children("email", "permanent").inc(2)
+    assert len(children) == 2
+    text = metrics.exposition().decode()
+    assert 'gateway_provider_errors_total{provider="sms",reason="timeout"} 1.0' in text
+    assert 'gateway_provider_errors_total{provider="email",reason="permanent"} 2.0' in text
+
+
+def test_observe_request_counts_latency_and_errors_per_provider() -> None:
+    """Each provider gets its own latency series; only failed sends count as errors."""
+    metrics = Metrics()
+    for provider, error in [("sms", None), ("sms", "transient"), ("push:fcm", None),
+                            ("sms", "transient")]:
+        metrics.observe_request(provider, 0.02, error)
+    text = metrics.exposition().decode()
+    assert 'gateway_provider_request_seconds_count{provider="sms"} 3.0' in text
+    assert 'gateway_provider_request_seconds_count{provider="push:fcm"} 1.0' in text
+    assert 'gateway_provider_errors_total{provider="sms",reason="transient"} 2.0' in text
+    assert 'provider="push:fcm",reason=' not in text

@@ -14,6 +14,7 @@ import pytest
 from adapters.base import OutboundSms
 from adapters.breaker import CircuitBreaker
 from adapters.errors import OptedOutError, PermanentSendError, TransientSendError
+from adapters.http import HttpClient
 from adapters.twilio import TwilioConfig, TwilioSender, status_callback_url
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 
@@ -86,6 +87,47 @@ async def test_default_from_and_no_callback_without_public_url(
     [request] = fake_twilio.received
     assert request.form["From"] == DEFAULT_FROM
     assert "StatusCallback" not in request.form
+
+
+async def test_reserved_and_non_ascii_characters_arrive_intact_and_in_order(
+    fake_twilio: FakeTwilio, make_sender: MakeSender
+) -> None:
+    """The form survives &, =, +, %, spaces, newlines and emoji; fields go in Twilio's order."""
+    body = "Code: 12+34 & more=yes 100% ü 😀\nReply STOP?#/"
+    await make_sender(status_callback_url=CALLBACK + "?a=1&b=é").send(
+        sms("+1 555 123 0001", from_="+15005550009", body=body)
+    )
+    [request] = fake_twilio.received
+    assert list(request.form.items()) == [
+        ("To", "+1 555 123 0001"), ("From", "+15005550009"), ("Body", body),
+        ("StatusCallback", CALLBACK + "?a=1&b=é"),
+    ]
+
+
+async def test_senders_sharing_a_client_each_send_their_own_credentials(
+    fake_twilio: FakeTwilio,
+) -> None:
+    """Two accounts on one HttpClient: each request carries its own account's Basic auth."""
+    http = HttpClient(name="twilio", connect_timeout=5, read_timeout=5)
+
+    def sender(auth_token: str) -> TwilioSender:
+        config = TwilioConfig(account_sid=ACCOUNT_SID, auth_token=auth_token,
+                              base_url=fake_twilio.url, default_from=DEFAULT_FROM,
+                              rate_per_number=1000.0)
+        return TwilioSender(config, http=http)
+
+    good, wrong = sender(AUTH_TOKEN), sender("wrong")
+    try:
+        for _ in range(2):
+            assert (await good.send(sms())).provider_message_id is not None
+            with pytest.raises(TransientSendError, match="20003"):
+                await wrong.send(sms())
+    finally:
+        await http.close()
+    wrong_auth = "Basic " + base64.b64encode(f"{ACCOUNT_SID}:wrong".encode()).decode()
+    assert [r.authorization == wrong_auth for r in fake_twilio.received] == [
+        False, True, False, True
+    ]
 
 
 def test_status_callback_url_is_under_the_public_url() -> None:
