@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -21,8 +22,12 @@ class SwitchableTwilio(FakeTwilio):
     def __init__(self, *, slow_seconds: float = 1.0) -> None:
         super().__init__(slow_seconds=slow_seconds)
         self.down = False
+        # Called as each request arrives, before it is answered (a test reads state then).
+        self.on_request: Callable[[], None] | None = None
 
     async def _misbehave(self, to: str) -> web.Response | None:
+        if self.on_request is not None:
+            self.on_request()
         if self.down:
             return web.Response(status=503, text="<html>Service Unavailable</html>",
                                 content_type="text/html")
