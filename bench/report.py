@@ -71,7 +71,8 @@ def table(results: dict[str, Any]) -> str:
     rows.append(("config", f"workers {cfg.get('workers')}, prefetch {cfg.get('prefetch')}, batch "
                            f"{cfg.get('batch_size')}/{cfg.get('batch_wait_ms')} ms, log "
                            f"{cfg.get('log_level')}, SMS delay {cfg.get('sms_delay_ms')} ms, "
-                           f"{cfg.get('users')} users, daily cap {cfg.get('daily_cap')}"))
+                           f"{cfg.get('users')} users, daily cap {cfg.get('daily_cap')}, "
+                           f"{'inline content' if cfg.get('inline') else 'stored templates'}"))
     raw = phases.get("raw")
     if raw:
         rows.append(("raw ceiling (bare aio-pika, same prefetch)",

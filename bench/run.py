@@ -374,15 +374,13 @@ class Bench:
     def _workload(self, count: int, prefix: str, transactional_share: float | None = None
                   ) -> seed.Workload:
         assert self.population is not None
-        if self.args.templates:
-            raise BenchFailed("--templates: stored templates per channel are not there yet "
-                              "(TODO: seed one template per channel and publish template jobs)")
         return seed.build_workload(
             self.population, count=count, prefix=f"{prefix}{self.run_id[-6:]}",
             seed=self.args.seed,
             transactional_share=self.args.transactional_share if transactional_share is None
             else transactional_share,
             expires_at=seed.expires_for_run(datetime.now(timezone.utc)),
+            templates=not self.args.inline,
         )
 
     async def _quiet_machine(self, name: str) -> dict[str, Any]:
@@ -986,9 +984,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="inflight: the SMS fake holds each request this long (or until the "
                         "benchmark releases it once the pile-up was measured)")
     p.add_argument("--gc-threshold", default="",
-                   help="what-if: run workers with gc.set_threshold(these), e.g. 50000,20,100")
+                   help="what-if: the workers use gc.set_threshold(these), e.g. "
+                        "50000,20,100, instead of the gateway's own collector settings")
     p.add_argument("--gc-freeze", action="store_true",
-                   help="what-if: gc.freeze() in the workers before the gateway starts")
+                   help="what-if: the workers freeze the collector once started (with or "
+                        "without --gc-threshold; without either, the gateway's own settings)")
     p.add_argument("--heap-report", action="store_true",
                    help="diagnostic: inflight: worker 0 reports its objects by type at the peak")
     p.add_argument("--tracemalloc", action="store_true",
@@ -998,8 +998,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-phase", choices=["throughput", "inflight", "latency"],
                    default="throughput")
     p.add_argument("--profile-native", action="store_true")
-    p.add_argument("--templates", action="store_true",
-                   help="TODO: stored templates per channel (not implemented yet; off)")
+    p.add_argument("--inline", action="store_true",
+                   help="jobs carry their content inline instead of naming the channel's "
+                        "stored template (same texts)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--pg-proxy", action="store_true",
                    help="diagnostic: count the workers' PostgreSQL round trips per statement")

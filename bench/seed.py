@@ -58,6 +58,17 @@ PUSH_CONTENT = {
     "data": {"screen": "orders"},
 }
 
+# The stored template of each channel (`PUT /v1/templates/{name}` bodies): the same texts as
+# the inline content, so a run with `--inline` renders the same messages.
+TEMPLATES: dict[str, dict[str, Any]] = {
+    "bench-sms": {"sms": {"body": SMS_BODY}},
+    "bench-email": {"email": EMAIL_CONTENT},
+    "bench-push": {"push": PUSH_CONTENT},
+}
+INLINE_CONTENT: dict[str, dict[str, Any]] = {
+    "sms": {"body": SMS_BODY}, "email": EMAIL_CONTENT, "push": PUSH_CONTENT,
+}
+
 
 @dataclass(slots=True)
 class User:
@@ -169,7 +180,7 @@ def build_population(
 
 
 async def seed_database(conn: asyncpg.Connection, population: Population) -> dict[str, float]:
-    """Users, endpoints, opt-outs (COPY) and the global policy (one row)."""
+    """Users, endpoints, opt-outs (COPY), a stored template per channel and the global policy."""
     import time
 
     started = time.perf_counter()
@@ -192,6 +203,14 @@ async def seed_database(conn: asyncpg.Connection, population: Population) -> dic
                  if u.email_opted_out]
     await conn.copy_records_to_table(
         "opt_outs", columns=["channel", "address", "source", "created_at"], records=opt_outs,
+    )
+    # One stored template per channel, version 1 (what PUT /v1/templates/{name} writes).
+    await conn.executemany(
+        "INSERT INTO templates (name, latest) VALUES ($1, 1)", [(n,) for n in TEMPLATES]
+    )
+    await conn.executemany(
+        "INSERT INTO template_versions (name, version, body) VALUES ($1, 1, $2::jsonb)",
+        [(name, orjson.dumps(body).decode()) for name, body in TEMPLATES.items()],
     )
     await conn.execute(
         "INSERT INTO policy (id, rules) VALUES (true, $1::jsonb)"
@@ -226,9 +245,10 @@ class Workload:
 
 def build_workload(
     population: Population, *, count: int, prefix: str, seed: int, transactional_share: float,
-    expires_at: datetime,
+    expires_at: datetime, templates: bool = True,
 ) -> Workload:
-    """``count`` jobs: 70 % SMS (user_id), 20 % email (raw address), 10 % push (user_id)."""
+    """``count`` jobs: 70 % SMS (user_id), 20 % email (raw address), 10 % push (user_id); each
+    names its channel's stored template (``templates``) or carries the same content inline."""
     rng = random.Random(f"{seed}-{prefix}")
     expires = expires_at.isoformat()
     used: Counter[str] = Counter()
@@ -246,16 +266,17 @@ def build_workload(
         body: dict[str, Any] = {"id": job_id, "channel": channel, "data": data}
         if channel == "sms":
             body["to"] = {"user_id": user.id}
-            body["content"] = {"body": SMS_BODY}
             opted_out, key = user.sms_opted_out, f"user:{user.id}"
         elif channel == "email":
             body["to"] = {"address": user.email}
-            body["content"] = EMAIL_CONTENT
             opted_out, key = user.email_opted_out, f"address:email:{user.email}"
         else:
             body["to"] = {"user_id": user.id}
-            body["content"] = PUSH_CONTENT
             opted_out, key = False, f"user:{user.id}"
+        if templates:
+            body["template"] = f"bench-{channel}"
+        else:
+            body["content"] = INLINE_CONTENT[channel]
         if not transactional:
             body["expires_at"] = expires
         quiet = user.quiet and channel != "email"  # raw email addresses use the default zone

@@ -72,17 +72,25 @@ def _traces() -> list[str]:
 
 def main() -> None:
     threshold = os.environ.get("BENCH_GC_THRESHOLD")
-    if threshold:  # what-if: the collector tuned, the gateway unchanged
-        gc.set_threshold(*(int(x) for x in threshold.split(",")))
-    if os.environ.get("BENCH_GC_FREEZE") == "1":
-        gc.freeze()  # everything imported so far is never scanned again
+    freeze = os.environ.get("BENCH_GC_FREEZE") == "1"
     if os.environ.get("BENCH_TRACEMALLOC") == "1":
         tracemalloc.start(int(os.environ.get("BENCH_TRACEMALLOC_FRAMES", "12")))
     signal.signal(signal.SIGUSR1, _dump)
     signal.signal(signal.SIGUSR2, lambda *_: tracemalloc.stop())
-    from gateway.cli import main as gateway_main
+    import gateway.cli
 
-    raise SystemExit(gateway_main(["serve", "--consumer-only"]))
+    if threshold or freeze:
+        # What-if: these collector settings instead of the gateway's own (gateway.cli._tune_gc,
+        # which `gateway serve` calls once started), the gateway otherwise unchanged.
+        def what_if() -> None:
+            gc.collect()
+            if freeze:
+                gc.freeze()  # everything made so far is never scanned again
+            if threshold:
+                gc.set_threshold(*(int(x) for x in threshold.split(",")))
+
+        gateway.cli._tune_gc = what_if  # type: ignore[attr-defined]
+    raise SystemExit(gateway.cli.main(["serve", "--consumer-only"]))
 
 
 if __name__ == "__main__":
