@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import asyncpg
 import orjson
@@ -30,7 +30,13 @@ from gateway.outcomes import Outcome, Status, event_body, utcnow
 from gateway.render import Renderer
 from gateway.settings import Settings
 from gateway.store import Claim, DeliveryRecord, EndpointEffect, NewMessage, Store
-from gateway.templates import TemplateCache, load_many, not_found_reason
+from gateway.templates import (
+    TemplateCache,
+    TemplateKey,
+    TemplateVersion,
+    load_many,
+    not_found_reason,
+)
 
 log = structlog.get_logger("gateway.pipeline")
 
@@ -76,14 +82,25 @@ class Pipeline:
         for item in parsed:
             unique.setdefault(item.job.id, item)
         try:
-            claims = await self._store.claim(
-                [_new_message(p, self._settings.sms_from) for p in unique.values()],
-                lease_until=now + timedelta(seconds=self._settings.processing_lease_seconds),
-                now=now,
+            # The templates are read alongside the claim (another pooled connection): one round
+            # trip less before the sends. A duplicate delivery's template is read for nothing.
+            claimed, loaded = await asyncio.gather(
+                self._store.claim(
+                    [_new_message(p, self._settings.sms_from) for p in unique.values()],
+                    lease_until=now + timedelta(seconds=self._settings.processing_lease_seconds),
+                    now=now,
+                ),
+                self._load_templates(unique.values()),
+                return_exceptions=True,  # both settled before either failure is raised
             )
+            if isinstance(claimed, BaseException):
+                raise claimed
+            if isinstance(loaded, BaseException):
+                raise loaded
+            claims, templates = claimed, loaded
             memo = PolicyMemo(utcnow())
             decided = [decide(unique[c.id], c, memo.now, memo) for c in claims]
-            await self._load_templates(decided)
+            _apply_templates(decided, templates)
             ready = await self._grant(decided)
         except _DB_ERRORS as exc:
             # Nothing was sent: the whole batch goes back to the queue.
@@ -118,23 +135,18 @@ class Pipeline:
         for outcome in outcomes:
             _log_outcome(outcome, unique[outcome.message_id])
 
-    async def _load_templates(self, decided: list[Outcome | Ready]) -> None:
-        """Load the batch's templates in one query (immutable versions come from the cache)."""
+    async def _load_templates(
+        self, items: Iterable[Incoming]
+    ) -> dict[TemplateKey, TemplateVersion]:
+        """The templates the jobs name, in one query (immutable versions come from the cache)."""
         wanted = {
-            (d.incoming.job.template, d.incoming.job.template_version): d
-            for d in decided
-            if isinstance(d, Ready) and d.incoming.job.template is not None
+            (item.job.template, item.job.template_version)
+            for item in items
+            if item.job.template is not None
         }
         if not wanted:
-            return
-        found = await load_many(self._store.pool, set(wanted), cache=self._templates)  # type: ignore[arg-type]
-        for index, item in enumerate(decided):
-            if not isinstance(item, Ready) or item.incoming.job.template is None:
-                continue
-            key = (item.incoming.job.template, item.incoming.job.template_version)
-            item.template = found.get(key)
-            if item.template is None:
-                decided[index] = outcome_of(item.incoming, Status.failed, not_found_reason(key))
+            return {}
+        return await load_many(self._store.pool, wanted, cache=self._templates)  # type: ignore[arg-type]
 
     async def _grant(self, decided: list[Outcome | Ready]) -> list[Ready]:
         """Ask for every cap slot of the batch at once; turn refusals into suppressed outcomes."""
@@ -229,6 +241,19 @@ def _clock_start(claim: Claim, job: Job) -> datetime | None:
     if claim.created_at is None or job.send_at is None:
         return claim.created_at
     return max(claim.created_at, job.send_at)
+
+
+def _apply_templates(
+    decided: list[Outcome | Ready], found: Mapping[TemplateKey, TemplateVersion]
+) -> None:
+    """Give each ready job that names a template its version; fail those not found."""
+    for index, item in enumerate(decided):
+        if not isinstance(item, Ready) or item.incoming.job.template is None:
+            continue
+        key = (item.incoming.job.template, item.incoming.job.template_version)
+        item.template = found.get(key)
+        if item.template is None:
+            decided[index] = outcome_of(item.incoming, Status.failed, not_found_reason(key))
 
 
 def _new_message(item: Incoming, default_sms_from: str | None) -> NewMessage:
