@@ -30,7 +30,7 @@ PACKAGES = [
 
 # Each sample goes to the first stage whose marker is in its stack (order matters).
 STAGES = [
-    ("email: build_mime (adapters/smtp.py)", ["build_mime ("]),
+    ("email: build_mime (adapters/mime.py)", ["build_mime ("]),
     ("email: aiosmtplib send_message (flatten + SMTP dialogue)",
      ["SMTP.send_message", "SMTP.sendmail", "aiosmtplib/"]),
     ("events: publishing (publish_events, aio-pika Exchange.publish, aiormq basic_publish)",

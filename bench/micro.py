@@ -17,7 +17,7 @@ import orjson
 
 from adapters.apns import build_headers, build_payload
 from adapters.base import OutboundEmail
-from adapters.smtp import build_mime
+from adapters.mime import build_mime
 from bench import seed
 from gateway.decide import Incoming, decide
 from gateway.jobs import parse_job
@@ -65,7 +65,8 @@ def run(rounds: int) -> list[tuple[str, float, str]]:
     population = seed.build_population(users=200, daily_cap=3, seed=1, now=now)
     workload = seed.build_workload(population, count=30, prefix="m", seed=1,
                                    transactional_share=0.0,
-                                   expires_at=now + timedelta(minutes=30))
+                                   expires_at=now + timedelta(minutes=30),
+                                   templates=False)  # inline: no database here
     settings = Settings.load(database_url="postgresql://x@127.0.0.1/x",
                              amqp_url="amqp://x@127.0.0.1/", api_token="x" * 20)
     renderer = Renderer()
@@ -103,7 +104,7 @@ def run(rounds: int) -> list[tuple[str, float, str]]:
         if channel == "email":
             assert isinstance(message, OutboundEmail)
             rows.append(("email: build_mime", _time(
-                lambda: build_mime(message, domain="localhost"), rounds), "adapters/smtp.py build_mime"))
+                lambda: build_mime(message, domain="localhost"), rounds), "adapters/mime.py build_mime"))
             content = build_mime(message, domain="localhost").content
             assert isinstance(content, bytes)  # the byte writer, not the email package fallback
             from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings

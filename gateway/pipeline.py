@@ -1,8 +1,9 @@
 """The life of a batch of jobs: parse, claim, decide, grant caps, dispatch, record, announce, ack.
 
 Per batch, whatever its size: one statement claims it (idempotency by job id) and brings back
-what the policy needs (users, endpoints, opt-outs, rules); one grants cap slots; one records
-every outcome with its events and deliveries; one gather publishes the events. Sends run
+what the policy needs (users, endpoints, opt-outs, rules), while one more, alongside, reads
+the stored templates the batch names; one grants cap slots; one records every outcome with its
+events and deliveries; one write publishes the events. Sends run
 concurrently. A job is acked only after its outcome is committed; if PostgreSQL fails, the
 batch goes back to the queue.
 """

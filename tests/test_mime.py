@@ -19,14 +19,8 @@ from hypothesis import strategies as st
 
 from adapters.base import OutboundEmail
 from adapters.errors import PermanentSendError
-from adapters.smtp import (
-    HeaderInjection,
-    Mime,
-    SmtpConfig,
-    SmtpSender,
-    build_email_message,
-    build_mime,
-)
+from adapters.mime import HeaderInjection, Mime, build_email_message, build_mime
+from adapters.smtp import SmtpConfig, SmtpSender
 from gateway.unsubscribe import list_unsubscribe_headers
 from tests.smtp_server import RecordingSmtp
 
