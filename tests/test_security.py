@@ -24,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twilio.request_validator import RequestValidator
 
-import gateway.render
+import gateway.sandbox
 from gateway.api_inbound import MAX_WEBHOOK_BYTES
 from gateway.app import Gateway
 from gateway.errors import MessageFailed
@@ -359,7 +359,7 @@ def test_expensive_templates_fail_the_message_quickly(source: str) -> None:
 
 def test_a_render_over_its_time_budget_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A render still running after MAX_RENDER_SECONDS is refused at its next step."""
-    monkeypatch.setattr(gateway.render, "MAX_RENDER_SECONDS", -1.0)
+    monkeypatch.setattr(gateway.sandbox, "MAX_RENDER_SECONDS", -1.0)
     with pytest.raises(MessageFailed, match="template refused in body: .* to render"):
         Renderer().render("{% for i in range(2) %}{% endfor %}", {}, part="body", is_html=False)
 
