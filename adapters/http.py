@@ -12,24 +12,25 @@ the sender, with connect and read timeouts from configuration. :meth:`HttpClient
 
 It is on the path of every SMS, so per-request work that gives the same answer each time is
 done once: form bodies are url-encoded to bytes here (aiohttp's ``FormData`` does the same
-encoding with much more bookkeeping), and the parsed URL and the fixed header set (Basic
-credentials, content type) are kept per client in small bounded caches.
+encoding with much more bookkeeping), and the fixed header set (Basic credentials, content
+type) is built once per credentials and kept. Parsed URLs need no cache of ours: yarl (1.25,
+what aiohttp 3.14 requires) keeps its own.
 """
 
 from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import math
-from collections.abc import Callable, Container, Hashable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from adapters.errors import PermanentSendError, SendError, TransientSendError
 
@@ -41,9 +42,8 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429})
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 JSON_CONTENT_TYPE = "application/json"
 
-# A client talks to one provider: a handful of URLs and one or two credentials. The bounds only
-# stop a caller that builds URLs per request from growing the caches without end.
-URL_CACHE_SIZE = 256
+# Header sets kept (one per credentials and content type): a process talks to a few providers
+# with one or two credentials each; the bound only stops an odd caller from growing it.
 HEADER_CACHE_SIZE = 64
 
 
@@ -139,39 +139,6 @@ def classify_status(response: HttpResponse, *, provider: str = "provider") -> Se
     return PermanentSendError(reason)
 
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class BoundedCache(Generic[K, V]):
-    """A dict that keeps at most ``maxsize`` entries, forgetting the oldest first.
-
-    First in, first out rather than least recently used: the keys of one client are a few,
-    read far more often than written, and a plain dict lookup is the whole cost of a hit.
-    """
-
-    def __init__(self, maxsize: int) -> None:
-        if maxsize < 1:
-            raise ValueError("maxsize must be at least 1")
-        self.maxsize = maxsize
-        self._entries: dict[K, V] = {}
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: K) -> V | None:
-        """The value for ``key``, or ``None``."""
-        return self._entries.get(key)
-
-    def put(self, key: K, value: V) -> V:
-        """Remember ``value`` for ``key`` (forgetting the oldest entry if full); return it."""
-        entries = self._entries
-        if key not in entries and len(entries) >= self.maxsize:
-            del entries[next(iter(entries))]
-        entries[key] = value
-        return value
-
-
 class HttpClient:
     """One provider's HTTP/1.1 client. Pass ``session`` to share one (it is then not closed)."""
 
@@ -191,13 +158,6 @@ class HttpClient:
         self._max_connections = max_connections
         self._session = session
         self._owns_session = session is None
-        self._urls: BoundedCache[str, URL] = BoundedCache(URL_CACHE_SIZE)
-        # Keyed by (basic_auth, content type). Read-only proxies: aiohttp only reads the
-        # headers it is given (it merges them into a new dict per request), and a proxy
-        # guarantees no request can change the set the next one is sent with.
-        self._fixed_headers: BoundedCache[
-            tuple[tuple[str, str] | None, str | None], CIMultiDictProxy[str]
-        ] = BoundedCache(HEADER_CACHE_SIZE)
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use: a session must be created inside the running event loop.
@@ -240,7 +200,7 @@ class HttpClient:
         sent_headers = self._headers(headers, basic_auth, content_type)
         try:
             async with self._client().request(
-                method, self._url(url), data=body, headers=sent_headers, allow_redirects=False
+                method, url, data=body, headers=sent_headers, allow_redirects=False
             ) as raw:
                 content = await raw.read()
                 status, response_headers = raw.status, raw.headers
@@ -260,23 +220,6 @@ class HttpClient:
             raise classify_status(response, provider=self.name)
         raise classify(response)
 
-    def _url(self, url: str) -> URL | str:
-        """The parsed URL, parsed once per string.
-
-        aiohttp turns a string into a ``yarl.URL`` on every request; recent yarl keeps its own
-        cache of parsed strings, older versions parse each time.
-        """
-        parsed = self._urls.get(url)
-        if parsed is None:
-            try:
-                parsed = URL(url)
-            except ValueError:
-                # Let aiohttp fail on it as before: its InvalidUrlClientError is a ClientError,
-                # so the caller gets the TransientSendError it always got.
-                return url
-            self._urls.put(url, parsed)
-        return parsed
-
     def _headers(
         self,
         headers: Mapping[str, str] | None,
@@ -285,12 +228,7 @@ class HttpClient:
     ) -> Mapping[str, str]:
         """The request's headers: a cached set when the caller adds none of its own."""
         if not headers:
-            key = (basic_auth, content_type)
-            fixed = self._fixed_headers.get(key)
-            if fixed is None:
-                built = CIMultiDict(_build_headers({}, basic_auth, content_type))
-                fixed = self._fixed_headers.put(key, CIMultiDictProxy(built))
-            return fixed
+            return _fixed_headers(basic_auth, content_type)
         # Caller headers (a bearer token, say) vary per request: nothing worth caching.
         return _build_headers(headers, basic_auth, content_type)
 
@@ -307,6 +245,15 @@ class HttpClient:
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _fixed_headers(
+    basic_auth: tuple[str, str] | None, content_type: str | None
+) -> CIMultiDictProxy[str]:
+    # Read-only: aiohttp only reads the headers it is given (it merges them into a new dict per
+    # request), and a proxy guarantees no request changes the set the next one is sent with.
+    return CIMultiDictProxy(CIMultiDict(_build_headers({}, basic_auth, content_type)))
 
 
 def _build_headers(

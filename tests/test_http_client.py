@@ -12,13 +12,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-import adapters.http as http_module
 from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.errors import PermanentSendError, TransientSendError
 from adapters.http import (
-    BoundedCache,
     HttpClient,
     HttpResponse,
     classify_status,
@@ -97,19 +95,6 @@ def test_encode_form_is_what_aiohttp_formdata_sends(fields: list[tuple[str, str]
 
 
 # --- caches and the response ------------------------------------------------------------------
-
-
-def test_bounded_cache_forgets_the_oldest_entry_beyond_its_size() -> None:
-    """Past maxsize the first entry in goes first; rewriting a key makes no room."""
-    cache: BoundedCache[str, int] = BoundedCache(2)
-    cache.put("a", 1)
-    cache.put("b", 2)
-    cache.put("a", 10)
-    assert len(cache) == 2 and cache.get("a") == 10
-    assert cache.put("c", 3) == 3
-    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, 2, 3)
-    with pytest.raises(ValueError):
-        BoundedCache(0)
 
 
 def test_response_text_is_decoded_from_content_on_first_read() -> None:
@@ -193,9 +178,9 @@ async def test_each_credential_gets_its_own_authorization(
     assert (await client.request("POST", echo_url)).json["authorization"] is None
 
 
-async def test_url_cache_is_bounded(echo_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A client keeps at most URL_CACHE_SIZE parsed URLs, each sent as aiohttp sends the string."""
-    monkeypatch.setattr(http_module, "URL_CACHE_SIZE", 3)
+async def test_urls_are_sent_as_aiohttp_sends_the_string(echo_url: str) -> None:
+    """Each URL, escapes and query included, reaches the server as a plain aiohttp session
+    sends it."""
     small = HttpClient(name="echo", connect_timeout=2, read_timeout=2)
     try:
         async with aiohttp.ClientSession() as plain:
@@ -205,7 +190,6 @@ async def test_url_cache_is_bounded(echo_url: str, monkeypatch: pytest.MonkeyPat
                     expected = (await direct.json())["path"]
                 response = await small.request("POST", url)
                 assert response.json["path"] == expected
-        assert len(small._urls) == 3
     finally:
         await small.close()
 
