@@ -34,33 +34,33 @@ WITH input AS (
 ), accepted AS (
     INSERT INTO message_events (message_id, status, created_at)
     SELECT id, 'accepted', $10 FROM claimed WHERE inserted
+), opted AS (
+    -- The batch's opt-outs, looked up for the whole batch at once (a subquery per row made
+    -- PostgreSQL build a hash of opt_outs once per row): every address a job may reach, the
+    -- raw one or the user's endpoints on the channel, that an opt-out of its scope covers.
+    SELECT a.id, array_agg(a.address) AS addresses
+    FROM (SELECT i.id, i.channel, i.sender, i.recipient AS address FROM input i
+          WHERE i.recipient IS NOT NULL
+          UNION ALL
+          SELECT i.id, i.channel, i.sender, e.address FROM input i
+          JOIN endpoints e ON e.user_id = i.user_id AND e.channel = i.channel) AS a
+    WHERE EXISTS (
+        SELECT 1 FROM opt_outs o
+        WHERE o.channel = a.channel
+          -- Opt-outs keep email addresses wholly in lower case (Jane@ and jane@ are one person).
+          AND o.address = CASE WHEN a.channel = 'email' THEN lower(a.address) ELSE a.address END
+          -- '' blocks every number of ours; a number blocks only what it sends.
+          AND (o.scope = '' OR o.scope = a.sender))
+    GROUP BY a.id
 )
 -- What the policy needs, in the same round trip: the user and its active endpoints on the
 -- job's channel, which of the addresses are opted out, the campaign's and global rules, and
 -- the deliveries already finished by an earlier attempt.
 SELECT c.id, c.failures, c.cap_granted, c.inserted, c.created_at,
        (u.id IS NOT NULL) AS user_found, u.timezone, u.locale, u.attributes::text AS attributes,
-       coalesce((SELECT array_agg(e.address ORDER BY e.created_at, e.address) FROM endpoints e
-                 WHERE e.user_id = i.user_id AND e.channel = i.channel AND e.active), '{}')
-           AS endpoints,
-       coalesce((SELECT array_agg(coalesce(e.platform, '') ORDER BY e.created_at, e.address)
-                 FROM endpoints e
-                 WHERE e.user_id = i.user_id AND e.channel = i.channel AND e.active), '{}')
-           AS platforms,
-       -- Opt-outs keep email addresses wholly in lower case (Jane@ and jane@ are one person).
-       coalesce((SELECT array_agg(a.address) FROM (
-                     SELECT i.recipient AS address WHERE i.recipient IS NOT NULL
-                     UNION ALL
-                     SELECT e.address FROM endpoints e
-                     WHERE e.user_id = i.user_id AND e.channel = i.channel) AS a
-                 WHERE EXISTS (
-                     SELECT 1 FROM opt_outs o
-                     WHERE o.channel = i.channel
-                       AND o.address = CASE WHEN i.channel = 'email' THEN lower(a.address)
-                                            ELSE a.address END
-                       -- '' blocks every number of ours; a number blocks only what it sends.
-                       AND (o.scope = '' OR o.scope = i.sender))), '{}')
-           AS opted_out,
+       coalesce(ep.endpoints, '{}') AS endpoints,
+       coalesce(ep.platforms, '{}') AS platforms,
+       coalesce(op.addresses, '{}') AS opted_out,
        coalesce((SELECT array_agg(d.address) FROM deliveries d
                  WHERE d.message_id = c.id AND d.status IN ('sent', 'failed', 'suppressed')
                    AND c.failures > 0), '{}') AS delivered,
@@ -70,6 +70,12 @@ FROM claimed c
 JOIN input i ON i.id = c.id
 LEFT JOIN users u ON u.id = i.user_id
 LEFT JOIN campaigns cp ON cp.id = i.campaign_id
+LEFT JOIN opted op ON op.id = c.id
+LEFT JOIN LATERAL (
+    SELECT array_agg(e.address ORDER BY e.created_at, e.address) AS endpoints,
+           array_agg(coalesce(e.platform, '') ORDER BY e.created_at, e.address) AS platforms
+    FROM endpoints e
+    WHERE e.user_id = i.user_id AND e.channel = i.channel AND e.active) AS ep ON true
 """
 
 _RECORD = """
