@@ -76,7 +76,9 @@ class Publisher:
         self, items: Sequence[tuple[str, dict[str, Any] | bytes]], result: PublishResult,
         pace: "Pacer | None" = None,
     ) -> None:
-        slots = asyncio.Semaphore(max(1, self._window // self._chunk))
+        # At most ``window`` jobs await their confirm: whole chunks in a burst; when paced, a
+        # turn's chunk is a job or two, so the window counts turns.
+        slots = asyncio.Semaphore(self._window if pace else max(1, self._window // self._chunk))
         pending: set[asyncio.Task[None]] = set()
 
         async def send(messages: list[tuple[str, bytes, str]]) -> None:

@@ -20,6 +20,7 @@ from gateway.amqp import AmqpBroker
 from gateway.api import create_app
 from gateway.broker import Broker
 from gateway.intake import Intake
+from gateway.loop_lag import watch_loop_lag
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.render import Renderer
@@ -131,6 +132,9 @@ class Gateway:
                 retention=retention,
             )
             self._background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
+        self._background.append(
+            asyncio.create_task(watch_loop_lag(self.metrics.loop_lag), name="loop-lag")
+        )
         log.info(
             "gateway.started", consume=self.consume, http=self.http, port=self.port, name=self.name
         )

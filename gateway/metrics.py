@@ -34,6 +34,8 @@ SUPPRESSION_REASONS = frozenset({"opted_out", "daily_cap", "campaign_cap"})
 # Seconds. End-to-end spans queue waits and retries; a provider request is usually sub-second.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# The event loop's lag: a healthy loop answers within a millisecond or two.
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 M = TypeVar("M", Counter, Gauge, Histogram)
@@ -100,6 +102,11 @@ class Metrics:
         self.in_flight = Gauge(
             "gateway_consumer_in_flight", "Jobs received by this consumer and not yet settled",
             registry=r,
+        )
+        self.loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How much later than due the event loop ran a timer (sampled every 0.25 s)",
+            buckets=_LAG_BUCKETS, registry=r,
         )
         self.inbound = Counter(
             "gateway_inbound_messages", "Inbound SMS processed (retried webhooks not counted)",

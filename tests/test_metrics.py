@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import Gateway
+from gateway.loop_lag import watch_loop_lag
 from gateway.metrics import Children, Metrics, suppression_reason
 from gateway.outcomes import Outcome, Status
 from tests.conftest import Amqp
@@ -220,3 +222,26 @@ def test_observe_request_counts_latency_and_errors_per_provider() -> None:
     assert 'gateway_provider_request_seconds_count{provider="push:fcm"} 1.0' in text
     assert 'gateway_provider_errors_total{provider="sms",reason="transient"} 2.0' in text
     assert 'provider="push:fcm",reason=' not in text
+
+
+async def test_loop_lag_is_observed_when_the_loop_is_blocked() -> None:
+    """A 60 ms stretch of blocking work shows as one observation of at least ~60 ms."""
+    metrics = Metrics()
+    watcher = asyncio.create_task(watch_loop_lag(metrics.loop_lag, interval=0.01))
+    await asyncio.sleep(0.05)  # a few quiet ticks first
+    time.sleep(0.06)  # blocks the loop: the watcher's timer falls due meanwhile
+    await asyncio.sleep(0.03)
+    watcher.cancel()
+    samples = {
+        (s.name, s.labels.get("le")): s.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        if family.name == "gateway_event_loop_lag_seconds"
+        for s in family.samples
+    }
+    count = samples[("gateway_event_loop_lag_seconds_count", None)]
+    assert count >= 3
+    # The blocked tick is over 50 ms; quiet ones are observed too, well under it.
+    under_50ms = samples[("gateway_event_loop_lag_seconds_bucket", "0.05")]
+    assert count - under_50ms >= 1
+    assert under_50ms >= 1
+    assert samples[("gateway_event_loop_lag_seconds_sum", None)] >= 0.045
