@@ -8,8 +8,8 @@ write, so latency is measured from the moment the job is handed to the broker.
 
 The publisher stands in for upstream services, which do not share the gateway's machine in
 production: it should take as little of the box as it can. Through aio-pika, one publish and
-one task per job, it took ~0.16 ms of CPU per job (31 % of a core during a burst on a 2-vCPU
-machine); see bench/README.md for the figure of this one.
+one task per job, the benchmark process took 31 % of a core through a burst on a 2-vCPU machine,
+and set the raw ceiling itself; this one, 10 % (bench/README.md, "Evening runs").
 """
 
 from __future__ import annotations
