@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -225,13 +226,16 @@ def test_observe_request_counts_latency_and_errors_per_provider() -> None:
 
 
 async def test_loop_lag_is_observed_when_the_loop_is_blocked() -> None:
-    """A 60 ms stretch of blocking work shows as one observation of at least ~60 ms."""
+    """80 ms of blocking work shows as an observation over 50 ms; quiet ticks stay under it."""
     metrics = Metrics()
     watcher = asyncio.create_task(watch_loop_lag(metrics.loop_lag, interval=0.01))
     await asyncio.sleep(0.05)  # a few quiet ticks first
-    time.sleep(0.06)  # blocks the loop: the watcher's timer falls due meanwhile
+    # Blocks the loop: the watcher's timer, due within 10 ms, runs at least 70 ms late.
+    time.sleep(0.08)
     await asyncio.sleep(0.03)
     watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
     samples = {
         (s.name, s.labels.get("le")): s.value
         for family in text_string_to_metric_families(metrics.exposition().decode())
@@ -240,8 +244,7 @@ async def test_loop_lag_is_observed_when_the_loop_is_blocked() -> None:
     }
     count = samples[("gateway_event_loop_lag_seconds_count", None)]
     assert count >= 3
-    # The blocked tick is over 50 ms; quiet ones are observed too, well under it.
     under_50ms = samples[("gateway_event_loop_lag_seconds_bucket", "0.05")]
     assert count - under_50ms >= 1
     assert under_50ms >= 1
-    assert samples[("gateway_event_loop_lag_seconds_sum", None)] >= 0.045
+    assert samples[("gateway_event_loop_lag_seconds_sum", None)] >= 0.065
