@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 from adapters.base import OutboundSms, SendResult
 from adapters.breaker import CircuitBreaker
@@ -109,7 +108,7 @@ class TwilioSender:
         # Encoded once: the callback URL is the same on every request and, all of it being
         # characters to escape, the costliest field to encode.
         self._callback_field = (
-            b"&" + urlencode({"StatusCallback": config.status_callback_url}).encode("ascii")
+            b"&" + encode_form({"StatusCallback": config.status_callback_url})
             if config.status_callback_url
             else b""
         )

@@ -58,15 +58,13 @@ PUSH_CONTENT = {
     "data": {"screen": "orders"},
 }
 
-# The stored template of each channel (`PUT /v1/templates/{name}` bodies): the same texts as
-# the inline content, so a run with `--inline` renders the same messages.
-TEMPLATES: dict[str, dict[str, Any]] = {
-    "bench-sms": {"sms": {"body": SMS_BODY}},
-    "bench-email": {"email": EMAIL_CONTENT},
-    "bench-push": {"push": PUSH_CONTENT},
-}
 INLINE_CONTENT: dict[str, dict[str, Any]] = {
     "sms": {"body": SMS_BODY}, "email": EMAIL_CONTENT, "push": PUSH_CONTENT,
+}
+# The stored template of each channel (`PUT /v1/templates/{name}` bodies): the inline content
+# under the channel's name, so a run with `--inline` renders the same messages.
+TEMPLATES: dict[str, dict[str, Any]] = {
+    f"bench-{channel}": {channel: content} for channel, content in INLINE_CONTENT.items()
 }
 
 

@@ -111,11 +111,6 @@ class JobConsumer:
         self._failures = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def queue(self) -> str:
-        """The name of the job queue consumed."""
-        return self._queue
-
     async def start(self) -> None:
         """Consume from the queue now, and again each time the channel reopens.
 
