@@ -7,7 +7,7 @@
     └── PermanentSendError    never try again (5xx SMTP, invalid headers, rejected address)
 
 Each adapter translates its library's exceptions into these at its edge, so nothing from
-``aiosmtplib``, ``aiohttp``, ``httpx`` or ``h2`` escapes ``adapters/``.
+``aiohttp``, ``httpx`` or ``h2`` (nor from our own SMTP client) escapes ``adapters/``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 - Twilio-style SMS: aiohttp, ``POST /2010-04-01/Accounts/{sid}/Messages.json``, answers 201 after
   a configurable delay (uniform between ``lo`` and ``hi`` ms; default 0-5 ms).
-- SMTP: aiosmtpd's protocol served on this loop (no thread), accepts every message.
+- SMTP: aiosmtpd's protocol served on this loop (no thread), accepts every message; offers
+  PIPELINING, as real relays do.
 - APNs: HTTP/2 cleartext (prior knowledge) with the ``h2`` library, answers 200 at once.
   Lean on purpose: it checks that a bearer token is present but does not verify its ES256
   signature (the tests' fake does that); the benchmark measures the gateway, not the fake.
@@ -162,6 +163,15 @@ class Fakes:
 class _SmtpHandler:
     def __init__(self, fakes: Fakes) -> None:
         self.fakes = fakes
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # aiosmtpd serves pipelined commands in order but does not say so; the relays a
+        # gateway sends through (Postfix, SES, Gmail) offer PIPELINING, so the fake does too.
+        session.host_name = hostname
+        responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         content: bytes = envelope.original_content or envelope.content or b""

@@ -31,8 +31,8 @@ PACKAGES = [
 # Each sample goes to the first stage whose marker is in its stack (order matters).
 STAGES = [
     ("email: build_mime (adapters/mime.py)", ["build_mime ("]),
-    ("email: aiosmtplib send_message (flatten + SMTP dialogue)",
-     ["SMTP.send_message", "SMTP.sendmail", "aiosmtplib/"]),
+    ("email: SMTP dialogue (adapters/smtp_client.py)",
+     ["_transmit (", "smtp_client.py", "aiosmtplib/"]),
     ("events: publishing (publish_events, aio-pika Exchange.publish, aiormq basic_publish)",
      ["publish_events (", "Exchange.publish ("]),
     ("events: unroutable events returned by the broker (basic.return)", ["_on_return_frame"]),
