@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from gateway.broker import Delivery
 from gateway.jobs import Job, Kind, utc_timestamp
 from gateway.outcomes import Outcome, Status, utcnow
-from gateway.policy import QuietHours, local_day, quiet_hours_end, resolve_zone
+from gateway.policy import QuietHours, QuietHoursCache, local_day, quiet_hours_end, resolve_zone
 from gateway.rules import CampaignRules, Limits, effective_daily_cap, effective_quiet_hours
 from gateway.store import CapRequest, Claim
 from gateway.templates import TemplateVersion
@@ -53,14 +53,16 @@ class PolicyMemo:
     rule objects, so a memo must not outlive the claims it was used with: build one per batch.
     """
 
-    __slots__ = ("now", "_limits", "_campaigns", "_quiet", "_days")
+    __slots__ = ("now", "_limits", "_campaigns", "_quiet", "_days", "_nights")
 
-    def __init__(self, now: datetime) -> None:
+    def __init__(self, now: datetime, nights: QuietHoursCache | None = None) -> None:
+        """``nights``: a cache of quiet intervals that outlives batches (the pipeline's)."""
         self.now = now
         self._limits: dict[int, Limits] = {}
         self._campaigns: dict[int, CampaignRules] = {}
         self._quiet: dict[tuple[ZoneInfo, QuietHours], datetime | None] = {}
         self._days: dict[ZoneInfo, date] = {}
+        self._nights = nights
 
     def limits(self, rules: Mapping[str, Any] | None) -> Limits:
         """``Limits.from_json(rules)``, parsed once per rules object."""
@@ -80,7 +82,10 @@ class PolicyMemo:
         """When quiet hours end at ``now`` in ``zone``, or ``None`` outside them."""
         key = (zone, window)
         if key not in self._quiet:
-            self._quiet[key] = quiet_hours_end(self.now, zone, window)
+            self._quiet[key] = (
+                quiet_hours_end(self.now, zone, window) if self._nights is None
+                else self._nights.end(self.now, zone, window)
+            )
         return self._quiet[key]
 
     def local_day(self, zone: ZoneInfo) -> date:

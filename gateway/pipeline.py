@@ -28,6 +28,7 @@ from gateway.errors import InvalidJob, MessageFailed
 from gateway.jobs import Job, Kind, parse_job, utc_timestamp
 from gateway.metrics import Metrics
 from gateway.outcomes import Outcome, Status, event_body, utcnow
+from gateway.policy import QuietHoursCache
 from gateway.render import Renderer
 from gateway.settings import Settings
 from gateway.store import Claim, DeliveryRecord, EndpointEffect, NewMessage, Store
@@ -72,6 +73,7 @@ class Pipeline:
             settings=settings, senders=senders, renderer=renderer, metrics=metrics
         )
         self._templates = TemplateCache()
+        self._nights = QuietHoursCache()
 
     async def process(self, batch: Sequence[Delivery]) -> None:
         """Process and settle every delivery of ``batch``; raise BackendUnavailable on DB failure."""
@@ -99,7 +101,7 @@ class Pipeline:
             if isinstance(loaded, BaseException):
                 raise loaded
             claims, templates = claimed, loaded
-            memo = PolicyMemo(utcnow())
+            memo = PolicyMemo(utcnow(), self._nights)
             decided = [decide(unique[c.id], c, memo.now, memo) for c in claims]
             _apply_templates(decided, templates)
             ready = await self._grant(decided)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from gateway.policy import (
     QuietHours,
+    QuietHoursCache,
     grant_in_order,
     in_quiet_hours,
     local_day,
@@ -404,6 +405,22 @@ def _allowed_period_skipped(zone: ZoneInfo, quiet: QuietHours, lo: datetime, hi:
             return True
         day += timedelta(days=1)
     return False
+
+
+@PROPERTY
+@given(scenarios(), st.lists(st.integers(-30 * 3600, 30 * 3600), min_size=1, max_size=12))
+def test_the_cache_answers_as_quiet_hours_end_as_time_moves_on(
+    scenario: tuple[ZoneInfo, datetime, QuietHours], offsets: list[int],
+) -> None:
+    """One cache asked about instants around a clock change, in any order and across local
+    days (a small bound, so it also forgets): each answer is quiet_hours_end's."""
+    zone, instant, quiet = scenario
+    cache, kathmandu = QuietHoursCache(max_entries=2), ZoneInfo("Asia/Kathmandu")
+    other = QuietHours(quiet.end, quiet.start)
+    for offset in offsets:
+        moment = instant + timedelta(seconds=offset)
+        assert cache.end(moment, zone, quiet) == quiet_hours_end(moment, zone, quiet)
+        assert cache.end(moment, kathmandu, other) == quiet_hours_end(moment, kathmandu, other)
 
 
 @PROPERTY
