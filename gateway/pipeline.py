@@ -11,6 +11,7 @@ batch goes back to the queue.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Iterable, Mapping, Sequence
@@ -135,8 +136,10 @@ class Pipeline:
         await self._broker.ack_all([p.delivery for p in parsed])
         started = {c.id: _clock_start(c, unique[c.id].job) for c in claims}
         self._metrics.count_outcomes(outcomes, started)
-        for outcome in outcomes:
-            _log_outcome(outcome, unique[outcome.message_id])
+        # Asked once a batch: below the level, building each line's fields is all it costs.
+        if log.is_enabled_for(logging.INFO):
+            for outcome in outcomes:
+                _log_outcome(outcome, unique[outcome.message_id])
 
     async def _load_templates(
         self, items: Iterable[Incoming]
