@@ -37,6 +37,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from gateway import amqp_reader
 from gateway.amqp_consumer import AmqpDelivery, JobConsumer
 from gateway.amqp_frames import ack_many, publish_many
 from gateway.broker import (
@@ -121,6 +122,7 @@ class AmqpBroker:
 
         Raises :class:`QueueTypeMismatch` if a queue exists with another type than ``queue_type``.
         """
+        amqp_reader.install()  # this connection's frames, and its reconnections', read leaner
         connection = await aio_pika.connect_robust(url, client_properties={"connection_name": name})
         try:
             channel = await connection.channel(publisher_confirms=True)

@@ -66,8 +66,17 @@ async def connect_broker(
 
 async def _publish(amqp: Amqp, body: bytes, routing_key: str = "send.promotional",
                    headers: dict[str, Any] | None = None) -> None:
-    exchange = await amqp.channel.get_exchange(JOBS_EXCHANGE)
-    await exchange.publish(aio_pika.Message(body, headers=headers or {}), routing_key=routing_key)
+    """Publish a job; retried while the test's own connection reconnects after an outage."""
+    for _ in range(300):
+        try:
+            exchange = await amqp.channel.get_exchange(JOBS_EXCHANGE)
+            await exchange.publish(
+                aio_pika.Message(body, headers=headers or {}), routing_key=routing_key
+            )
+            return
+        except (ChannelInvalidStateError, aiormq.exceptions.AMQPConnectionError):
+            await asyncio.sleep(0.1)
+    pytest.fail("could not publish")
 
 
 async def _queue_counts(amqp: Amqp, name: str) -> tuple[int, int]:

@@ -1,0 +1,178 @@
+"""A leaner frame reader for aiormq's connection: the hot frames decoded by hand.
+
+Every job arrives as three frames (``basic.deliver``, a content header, the body) and its two
+events come back as publisher confirms (``basic.ack``). aiormq reads each frame into a
+``BytesIO`` under an ``asyncio.Lock`` with three ``readexactly`` calls, then has pamqp decode it
+with its generic, attribute-by-attribute decoder: ~7 µs for a deliver or a header, 4 µs for an
+ack, and the reader task was a sixth of the worker's CPU in the benchmark's profile.
+
+:class:`FrameReader` reads a frame with two ``readexactly`` calls and decodes ``basic.deliver``,
+``basic.ack``, content headers and bodies with ``struct``, building the same pamqp objects;
+any other frame (and any header whose properties it does not decode itself) goes to pamqp as
+before. :func:`install` puts it in place of aiormq's ``FrameReceiver`` for the connections
+opened afterwards; the tested aiormq and pamqp versions are pinned in ``pyproject.toml``, and
+the tests compare its results with pamqp's, frame by frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import aiormq.connection
+import pamqp.frame
+from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
+from pamqp import commands, decode
+from pamqp.body import ContentBody
+from pamqp.exceptions import PAMQPException
+from pamqp.header import ContentHeader
+
+__all__ = ["FrameReader", "decode_frame", "install"]
+
+_HEAD = struct.Struct(">BHI")
+_METHOD_ID = struct.Struct(">HH")
+_DELIVERY_TAG = struct.Struct(">q")  # signed, as pamqp reads a longlong
+_HEADER_START = struct.Struct(">HHQH")
+_FRAME_END = 0xCE
+_METHOD, _HEADER, _BODY = 1, 2, 3
+_BASIC = 60
+_DELIVER, _ACK = 60, 80
+
+# Basic properties in flag order (AMQP 0-9-1 §4.2.6.1, highest bit first) with their decoders.
+# Only these four kinds of value occur; a flag outside the table (reserved bits, a continued
+# flag word) sends the frame to pamqp.
+_SHORTSTR, _OCTET, _TABLE, _TIMESTAMP = range(4)
+_PROPERTIES = (
+    (0x8000, "content_type", _SHORTSTR),
+    (0x4000, "content_encoding", _SHORTSTR),
+    (0x2000, "headers", _TABLE),
+    (0x1000, "delivery_mode", _OCTET),
+    (0x0800, "priority", _OCTET),
+    (0x0400, "correlation_id", _SHORTSTR),
+    (0x0200, "reply_to", _SHORTSTR),
+    (0x0100, "expiration", _SHORTSTR),
+    (0x0080, "message_id", _SHORTSTR),
+    (0x0040, "timestamp", _TIMESTAMP),
+    (0x0020, "message_type", _SHORTSTR),
+    (0x0010, "user_id", _SHORTSTR),
+    (0x0008, "app_id", _SHORTSTR),
+    (0x0004, "cluster_id", _SHORTSTR),
+)
+_KNOWN_FLAGS = sum(flag for flag, _, _ in _PROPERTIES)
+
+
+def decode_frame(frame_type: int, payload: bytes) -> Any:
+    """The pamqp object for one frame's payload (frame-end byte removed), as pamqp makes it."""
+    if not payload:
+        pass  # a heartbeat, or (any other type) a frame pamqp refuses: "No frame size"
+    elif frame_type == _BODY:
+        return ContentBody(payload)
+    elif frame_type == _METHOD:
+        class_id, method_id = _METHOD_ID.unpack_from(payload)
+        if class_id == _BASIC:
+            if method_id == _DELIVER:
+                return _deliver(payload)
+            if method_id == _ACK and len(payload) == 13:
+                return commands.Basic.Ack(_DELIVERY_TAG.unpack_from(payload, 4)[0],
+                                          bool(payload[12] & 1))
+    elif frame_type == _HEADER:
+        found = _content_header(payload)
+        if found is not None:
+            return found
+    head = _HEAD.pack(frame_type, 0, len(payload))
+    return pamqp.frame.unmarshal(head + payload + b"\xce")[2]
+
+
+def _deliver(payload: bytes) -> commands.Basic.Deliver:
+    # consumer-tag (shortstr), delivery-tag (longlong), redelivered (bit), exchange, routing-key.
+    size = payload[4]
+    consumer_tag = payload[5:5 + size].decode()
+    at = 5 + size
+    delivery_tag = _DELIVERY_TAG.unpack_from(payload, at)[0]
+    redelivered = bool(payload[at + 8] & 1)
+    at += 9
+    size = payload[at]
+    exchange = payload[at + 1:at + 1 + size].decode()
+    at += 1 + size
+    size = payload[at]
+    routing_key = payload[at + 1:at + 1 + size].decode()
+    if at + 1 + size != len(payload):
+        raise InvalidFrameError("basic.deliver frame of the wrong length")
+    # Made as pamqp's decoder makes it: attributes set, no validation (a name the broker sent
+    # is the broker's business).
+    deliver = _DELIVER_NEW(commands.Basic.Deliver)
+    deliver.consumer_tag, deliver.delivery_tag, deliver.redelivered = (
+        consumer_tag, delivery_tag, redelivered)
+    deliver.exchange, deliver.routing_key = exchange, routing_key
+    return deliver
+
+
+_DELIVER_NEW = object.__new__
+
+
+def _content_header(payload: bytes) -> ContentHeader | None:
+    class_id, weight, body_size, flags = _HEADER_START.unpack_from(payload)
+    if class_id != _BASIC or flags & ~_KNOWN_FLAGS:
+        return None
+    properties = commands.Basic.Properties()  # attributes set below, unvalidated as pamqp does
+    at = 14
+    for flag, name, kind in _PROPERTIES:
+        if not flags & flag:
+            continue
+        if kind == _SHORTSTR:
+            size = payload[at]
+            value: Any = payload[at + 1:at + 1 + size].decode()
+            at += 1 + size
+        elif kind == _OCTET:
+            value = payload[at]
+            at += 1
+        elif kind == _TABLE:
+            used, value = decode.field_table(payload[at:])
+            at += used
+        else:
+            used, value = decode.timestamp(payload[at:])
+            at += used
+        setattr(properties, name, value)
+    if at != len(payload):
+        raise InvalidFrameError("content header frame of the wrong length")
+    found = ContentHeader(weight, body_size, properties)
+    found.class_id = class_id
+    return found
+
+
+class FrameReader(aiormq.connection.FrameReceiver):
+    """aiormq's ``FrameReceiver`` with two reads per frame and the hot frames decoded here."""
+
+    async def get_frame(self) -> tuple[int, int, Any]:
+        """The next frame as ``(bytes consumed, channel, pamqp object)``, as aiormq expects."""
+        reader = self.reader
+        if reader.at_eof():
+            del self.reader
+            raise StopAsyncIteration
+        # One task reads a connection, so aiormq's lock around the reads is not needed.
+        try:
+            head = await reader.readexactly(7)
+            if not self.started and head.startswith(b"AMQP"):
+                raise ProtocolSyntaxError("Unexpected AMQP protocol header")
+            self.started = True
+            frame_type, channel, size = _HEAD.unpack(head)
+            rest = await reader.readexactly(size + 1)
+        except asyncio.IncompleteReadError as exc:
+            raise AMQPConnectionError(
+                "Server connection unexpectedly closed. "
+                f"Read {len(exc.partial)} bytes but {exc.expected} bytes expected",
+            ) from exc
+        except OSError as exc:
+            raise AMQPConnectionError(f"Server communication error: {exc!r}") from exc
+        if rest[-1] != _FRAME_END:
+            raise InvalidFrameError("frame does not end with the frame-end octet")
+        try:
+            return 8 + size, channel, decode_frame(frame_type, rest[:-1])
+        except (PAMQPException, struct.error, IndexError, UnicodeDecodeError) as exc:
+            raise InvalidFrameError(str(exc)) from exc
+
+
+def install() -> None:
+    """Make aiormq's connections opened from now on read frames with :class:`FrameReader`."""
+    aiormq.connection.FrameReceiver = FrameReader  # type: ignore[misc]
