@@ -7,7 +7,8 @@
     └── PermanentSendError    never try again (5xx SMTP, invalid headers, rejected address)
 
 Each adapter translates its library's exceptions into these at its edge, so nothing from
-``aiosmtplib``, ``aiohttp``, ``httpx`` or ``h2`` escapes ``adapters/``.
+``aiosmtplib``, ``h2``, or our own HTTP clients (``adapters/http11.py``,
+``adapters/h2client.py``) escapes ``adapters/``.
 """
 
 from __future__ import annotations
