@@ -9,7 +9,8 @@ Each round sends ``--requests`` requests from ``--concurrency`` tasks through on
 (``max_connections`` = the concurrency, as TwilioSender sets it), after a warm-up that opens
 the kept-alive connections; the two clients alternate rounds so drift on a shared machine hits
 both alike. Each request is what ``TwilioSender.send`` makes: a form POST (To, From, Body,
-StatusCallback) with Basic auth, the JSON answer parsed.
+StatusCallback) with Basic auth, the JSON answer parsed. The collector is set as the gateway
+sets it (``gc.freeze()``, thresholds 20,000/20/50).
 
 ``python -m bench.http_micro [--requests 5000] [--concurrency 50] [--rounds 5]``
 """
@@ -241,7 +242,8 @@ async def _round(name: str, url: str, requests: int,
     return (user + system) / requests * 1e6, system / requests * 1e6, wall / requests * 1e6
 
 
-async def measure(requests: int, concurrency: int, rounds: int, clients: list[str]) -> None:
+async def measure(requests: int, concurrency: int, rounds: int, clients: list[str],
+                  verbose: bool = False) -> None:
     server = subprocess.Popen([sys.executable, "-m", "bench.http_micro", "--serve"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -252,6 +254,9 @@ async def measure(requests: int, concurrency: int, rounds: int, clients: list[st
         for _ in range(rounds):
             for name in clients:
                 results[name].append(await _round(name, url, requests, concurrency))
+                if verbose:
+                    print(f"  {name:<8}" + "  ".join(f"{v:6.1f}" for v in results[name][-1]),
+                          flush=True)
     finally:
         assert server.stdin is not None
         server.stdin.close()
@@ -264,6 +269,11 @@ async def measure(requests: int, concurrency: int, rounds: int, clients: list[st
         wall = statistics.median(r[2] for r in rows)
         print(f"  {name:<8} {statistics.median(cpu):6.1f} CPU [{min(cpu):.1f}-{max(cpu):.1f}]"
               f"  {system:5.1f} kernel  {wall:6.1f} wall")
+    if "aiohttp" in results and "http11" in results:
+        # Rounds alternate, so each pair saw much the same machine: their ratio is steadier.
+        ratios = [old[0] / new[0] for old, new in zip(results["aiohttp"], results["http11"])]
+        print(f"  aiohttp / http11 CPU, per pair of rounds: median {statistics.median(ratios):.2f}"
+              f" [{min(ratios):.2f}-{max(ratios):.2f}]")
 
 
 def main() -> None:
@@ -272,6 +282,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--verbose", action="store_true", help="print every round")
     parser.add_argument("--clients", default="aiohttp,http11,floor",
                         help="floor: a lower bound (no HTTP parsing) for reference")
     args = parser.parse_args()
@@ -280,7 +291,11 @@ def main() -> None:
         return
     import uvloop
 
-    uvloop.run(measure(args.requests, args.concurrency, args.rounds, args.clients.split(",")))
+    # The collector as the gateway sets it (gateway/cli.py): what the client costs in production.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
+    uvloop.run(measure(args.requests, args.concurrency, args.rounds, args.clients.split(","),
+                      args.verbose))
 
 
 if __name__ == "__main__":

@@ -612,6 +612,32 @@ async def test_a_read_timeout_closes_the_connection(
     assert closed == [True]
 
 
+async def test_each_request_gets_its_own_full_read_timeout(
+    on_loop: Callable[[Scenario], Awaitable[Any]],
+) -> None:
+    """On a kept-alive connection, a request started after an earlier one still has its whole
+    read_timeout (the connection's timer, armed for the earlier deadline, is moved on), and
+    times out once that has passed."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.write(OK)
+        await peer.read_request()
+        await peer.reader.read()  # the second is never answered
+
+    async def scenario() -> float:
+        async with RawServer(handler) as server, client(read_timeout=0.3) as http:
+            loop = asyncio.get_running_loop()
+            await http.request("GET", server.url)
+            await asyncio.sleep(0.2)
+            started = loop.time()
+            with pytest.raises(Http11TimeoutError):
+                await http.request("GET", server.url)
+            return loop.time() - started
+
+    assert 0.28 < await on_loop(scenario) < 0.6
+
+
 async def test_a_connect_timeout(on_loop: Callable[[Scenario], Awaitable[Any]]) -> None:
     """A TLS handshake the server never answers: Http11TimeoutError after connect_timeout."""
 
