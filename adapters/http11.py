@@ -29,7 +29,7 @@ decompression, request pipelining, Happy Eyeballs (addresses are tried in turn).
   same one the gateway risks anyway, since the alternative is a ``TransientSendError`` after
   which the message is sent again a little later. Never retried: a failure on a new
   connection, after part of the answer, or a timeout.
-- **Answers**: the status line (HTTP/1.1 or 1.0), headers (a read-only ``CIMultiDictProxy``),
+- **Answers**: the status line (HTTP/1.1 or 1.0), headers (a ``CIMultiDict``),
   and a body framed by ``Content-Length``, by ``Transfer-Encoding: chunked`` (trailers read
   and dropped) or by the connection's close; none for ``HEAD``, 1xx, 204 and 304. Interim 1xx
   answers (``100 Continue``) are skipped. No ``Accept-Encoding`` is sent, so bodies come as
@@ -64,7 +64,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Final, cast
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 MAX_HEAD_BYTES: Final = 64 * 1024
@@ -85,7 +85,6 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Headers this client writes itself; a caller's would contradict them.
 _OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "user-agent"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
 _NO_BODY_STATUSES = frozenset({204, 304})
 _BLANK = " \t"
 _FOLD = re.compile(r"\r\n[ \t]+")
@@ -127,11 +126,12 @@ class ClientClosedError(Http11Error):
 
 
 class Http11Response:
-    """A complete answer: ``status``, ``headers`` (case-insensitive, read-only), ``body``."""
+    """A complete answer: ``status``, ``headers`` (case-insensitive), ``body``. Read-only by
+    convention: nothing is copied on the way to the caller."""
 
     __slots__ = ("status", "headers", "body")
 
-    def __init__(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> None:
+    def __init__(self, status: int, headers: CIMultiDict[str], body: bytes) -> None:
         self.status = status
         self.headers = headers
         self.body = body
@@ -429,7 +429,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()  # what has arrived and is not parsed yet
         self._state = _IDLE
         self._status = 0
-        self._headers: CIMultiDictProxy[str] | None = None
+        self._headers: CIMultiDict[str] | None = None
         self._keep_alive = False
         self._remaining = 0
         self._parts: list[bytes | bytearray] = []
@@ -589,10 +589,14 @@ class _Connection(asyncio.Protocol):
         if "\r\n " in text or "\r\n\t" in text:  # obsolete line folding: one space instead
             text = _FOLD.sub(" ", text)
         lines = text.split("\r\n")
-        match = _STATUS_LINE.fullmatch(lines[0])
-        if match is None:
-            raise MalformedResponseError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-        status = int(match[2])
+        # "HTTP/1.1 201 Created": version, a space, three digits, then a space and a reason
+        # or nothing. By hand: a regular expression here cost more than the rest of the line.
+        line = lines[0]
+        version, code = line[:9], line[9:12]
+        if ((version != "HTTP/1.1 " and version != "HTTP/1.0 ") or not code.isdigit()
+                or not code.isascii() or (len(line) > 12 and line[12] != " ")):
+            raise MalformedResponseError(f"not an HTTP/1.x status line: {line[:80]!r}")
+        status = int(code)
         if status < 200:
             if status == 101:  # we never ask to switch protocols
                 raise MalformedResponseError("unexpected 101 Switching Protocols")
@@ -606,9 +610,9 @@ class _Connection(asyncio.Protocol):
             if not colon or name[-1:] in _BLANK:
                 raise MalformedResponseError(f"bad header line: {line[:80]!r}")
             append((name, value.strip(_BLANK)))
-        headers = CIMultiDictProxy(CIMultiDict(fields))
+        headers = CIMultiDict(fields)
         connection = headers.get("Connection")
-        if match[1] == "1":
+        if version == "HTTP/1.1 ":
             keep_alive = connection is None or "close" not in _tokens(connection)
         else:  # HTTP/1.0 closes unless it says otherwise
             keep_alive = connection is not None and "keep-alive" in _tokens(connection)

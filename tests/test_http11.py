@@ -321,6 +321,7 @@ async def test_connection_close_is_honoured(on_loop: Callable[[Scenario], Awaita
         (b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\nok", True),
         (b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 2\r\n\r\nok", False),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", False),  # bytes past the answer
+        (b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok", True),  # no reason phrase: fine
     ],
 )
 async def test_http_1_0_and_stray_bytes_decide_reuse(
@@ -519,6 +520,9 @@ async def test_headers_are_case_insensitive_and_a_content_encoding_is_left_alone
         (b"HTTP/2 200 OK\r\n\r\n", "status line"),
         (b"ICY 200 OK\r\nContent-Length: 0\r\n\r\n", "status line"),
         (b"HTTP/1.1 2000 OK\r\n\r\n", "status line"),
+        (b"HTTP/1.1 200OK\r\n\r\n", "status line"),
+        ("HTTP/1.1 ²00 OK\r\n\r\n".encode(), "status line"),
+        (b"HTTP/1.1  200 OK\r\n\r\n", "status line"),
         (b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n", "header line"),
         (b"HTTP/1.1 200 OK\r\nName : value\r\n\r\n", "header line"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", "Content-Length"),
