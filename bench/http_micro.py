@@ -1,18 +1,22 @@
 """Client CPU per SMS-shaped HTTP/1.1 request: the aiohttp client we had against ``http11``.
 
 The server (an aiohttp app answering a Twilio-shaped 201 with a small JSON body) runs in a
-child process, so ``time.process_time()`` in this process counts the client's CPU only: the
-request helper, the event loop (uvloop) and the kernel's socket work on our side. An idle
-baseline (the same wall time asleep in the same loop) is measured and subtracted.
+child process, so this process's CPU time (``getrusage``: user + system, the sum being
+``time.process_time()``) is the client's only: the request helper, the event loop (uvloop) and
+the kernel's socket work on our side. An idle baseline (the same wall time asleep in the same
+loop) is measured and subtracted.
 
 Each round sends ``--requests`` requests from ``--concurrency`` tasks through one client
 (``max_connections`` = the concurrency, as TwilioSender sets it), after a warm-up that opens
-the kept-alive connections; the two clients alternate rounds so drift on a shared machine hits
-both alike. Each request is what ``TwilioSender.send`` makes: a form POST (To, From, Body,
+the kept-alive connections; the clients alternate rounds so drift on a shared machine hits
+them alike, and the aiohttp/http11 ratio is given per pair of rounds as well. Each request is what ``TwilioSender.send`` makes: a form POST (To, From, Body,
 StatusCallback) with Basic auth, the JSON answer parsed. The collector is set as the gateway
 sets it (``gc.freeze()``, thresholds 20,000/20/50).
 
-``python -m bench.http_micro [--requests 5000] [--concurrency 50] [--rounds 5]``
+``floor`` is not a client but a lower bound for reference: a protocol that writes prepared
+bytes and finds the answer by its known length, no parsing, no timeouts, no limits.
+
+``python -m bench.http_micro [--requests 5000] [--concurrency 50] [--rounds 5] [--verbose]``
 """
 
 from __future__ import annotations
