@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import resource
 import statistics
 import subprocess
@@ -55,9 +56,12 @@ PATH = "/2010-04-01/Accounts/AC" + "0" * 32 + "/Messages.json"
 # --- the server (child process) -------------------------------------------------------------------
 
 
-def serve() -> None:
+def serve(pin: bool) -> None:
     """Answer every POST on PATH with 201 and ANSWER; print the port; stop when stdin closes."""
     import uvloop
+
+    if pin:
+        os.sched_setaffinity(0, {1})  # the client has CPU 0
     from aiohttp import web
 
     async def create(request: web.Request) -> web.Response:
@@ -247,8 +251,9 @@ async def _round(name: str, url: str, requests: int,
 
 
 async def measure(requests: int, concurrency: int, rounds: int, clients: list[str],
-                  verbose: bool = False) -> None:
-    server = subprocess.Popen([sys.executable, "-m", "bench.http_micro", "--serve"],
+                  verbose: bool = False, pin: bool = False) -> None:
+    server = subprocess.Popen([sys.executable, "-m", "bench.http_micro", "--serve"]
+                              + (["--pin"] if pin else []),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
@@ -287,19 +292,23 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--verbose", action="store_true", help="print every round")
+    parser.add_argument("--pin", action="store_true",
+                        help="client on CPU 0, server on CPU 1 (steadier on a 2-CPU machine)")
     parser.add_argument("--clients", default="aiohttp,http11,floor",
                         help="floor: a lower bound (no HTTP parsing) for reference")
     args = parser.parse_args()
     if args.serve:
-        serve()
+        serve(args.pin)
         return
+    if args.pin:
+        os.sched_setaffinity(0, {0})
     import uvloop
 
     # The collector as the gateway sets it (gateway/cli.py): what the client costs in production.
     gc.freeze()
     gc.set_threshold(20_000, 20, 50)
     uvloop.run(measure(args.requests, args.concurrency, args.rounds, args.clients.split(","),
-                      args.verbose))
+                      args.verbose, args.pin))
 
 
 if __name__ == "__main__":
