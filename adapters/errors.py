@@ -7,7 +7,8 @@
     └── PermanentSendError    never try again (5xx SMTP, invalid headers, rejected address)
 
 Each adapter translates its library's exceptions into these at its edge, so nothing from
-``aiohttp``, ``httpx`` or ``h2`` (nor from our own SMTP client) escapes ``adapters/``.
+``httpx``, ``h2``, or our own clients (``adapters/smtp_client.py``, ``adapters/http11.py``,
+``adapters/h2client.py``) escapes ``adapters/``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""The request helper every HTTP/1.1 provider client shares: one session, one error edge.
+"""The request helper every HTTP/1.1 provider client shares: one connection pool, one error edge.
 
-:class:`HttpClient` keeps one ``aiohttp.ClientSession`` (one connection pool) for the life of
-the sender, with connect and read timeouts from configuration. :meth:`HttpClient.request`:
+:class:`HttpClient` keeps one :class:`~adapters.http11.Http11Client` (our own lean HTTP/1.1
+client: one connection pool) for the life of the sender, with connect and read timeouts from
+configuration. :meth:`HttpClient.request`:
 
-- translates every aiohttp, socket and timeout exception into
+- translates every transport, socket, timeout and URL error into
   :class:`~adapters.errors.TransientSendError`, here and nowhere else;
 - reads the body, parses it as JSON when it is JSON, and parses ``Retry-After`` when present;
 - returns an :class:`HttpResponse` when the status is allowed, and otherwise raises the
@@ -11,10 +12,10 @@ the sender, with connect and read timeouts from configuration. :meth:`HttpClient
   makes of the response.
 
 It is on the path of every SMS, so per-request work that gives the same answer each time is
-done once: form bodies are url-encoded to bytes here (aiohttp's ``FormData`` does the same
-encoding with much more bookkeeping), and the fixed header set (Basic credentials, content
-type) is built once per credentials and kept. Parsed URLs need no cache of ours: yarl (1.25,
-what aiohttp 3.14 requires) keeps its own.
+done once: form bodies are url-encoded to bytes here (the bytes aiohttp's ``FormData`` would
+send), the fixed header lines (Basic credentials, content type) are encoded once per
+credentials and kept, and the request line and ``Host`` of a URL once per URL (in
+``adapters/http11.py``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 import orjson
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from adapters.errors import PermanentSendError, SendError, TransientSendError
+from adapters.http11 import Http11Client, Http11Error, encode_headers
 
 SUCCESS = range(200, 300)
 
@@ -42,7 +42,7 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429})
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 JSON_CONTENT_TYPE = "application/json"
 
-# Header sets kept (one per credentials and content type): a process talks to a few providers
+# Header lines kept (one set per credentials and content type): a process talks to a few providers
 # with one or two credentials each; the bound only stops an odd caller from growing it.
 HEADER_CACHE_SIZE = 64
 
@@ -140,7 +140,7 @@ def classify_status(response: HttpResponse, *, provider: str = "provider") -> Se
 
 
 class HttpClient:
-    """One provider's HTTP/1.1 client. Pass ``session`` to share one (it is then not closed)."""
+    """One provider's HTTP/1.1 client: a connection pool, opened on first use."""
 
     def __init__(
         self,
@@ -149,25 +149,24 @@ class HttpClient:
         connect_timeout: float,
         read_timeout: float,
         max_connections: int = 100,
-        session: aiohttp.ClientSession | None = None,
     ) -> None:
+        """``name`` starts every error's reason; ``max_connections`` bounds requests in flight
+        and connections open at once."""
         self.name = name
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_read=read_timeout
-        )
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._max_connections = max_connections
-        self._session = session
-        self._owns_session = session is None
+        self._pool: Http11Client | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Made on first use: a session must be created inside the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
-                timeout=self._timeout,
-                headers={"User-Agent": "messaging-gateway"},
+    def _client(self) -> Http11Client:
+        # Made on first use, and again after close(): a closed client can still be used.
+        if self._pool is None:
+            self._pool = Http11Client(
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+                max_connections=self._max_connections,
             )
-        return self._session
+        return self._pool
 
     async def request(
         self,
@@ -185,7 +184,9 @@ class HttpClient:
 
         ``data`` is a form: fields (encoded here with :func:`encode_form`) or a body already
         form-encoded; either goes as ``application/x-www-form-urlencoded``. ``json`` is
-        serialised with orjson. A ``Content-Type`` in ``headers`` wins over both.
+        serialised with orjson. A ``Content-Type`` in ``headers`` wins over both. A header
+        value with CR or LF, or a header the client writes itself (``Host``,
+        ``Content-Length``, ``Transfer-Encoding``, ``User-Agent``), is a ``ValueError``.
         """
         if data is not None and json is not None:
             raise ValueError("pass data or json, not both")
@@ -197,15 +198,12 @@ class HttpClient:
             body, content_type = orjson.dumps(json), JSON_CONTENT_TYPE
         else:
             body = content_type = None
-        sent_headers = self._headers(headers, basic_auth, content_type)
+        header_block = self._headers(headers, basic_auth, content_type)
         try:
-            async with self._client().request(
-                method, url, data=body, headers=sent_headers, allow_redirects=False
-            ) as raw:
-                content = await raw.read()
-                status, response_headers = raw.status, raw.headers
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raw = await self._client().request(method, url, header_block=header_block, body=body)
+        except (Http11Error, OSError) as exc:  # TimeoutError is an OSError
             raise self._transport_error(exc) from None
+        status, response_headers, content = raw.status, raw.headers, raw.body
         retry_after = response_headers.get("Retry-After")
         response = HttpResponse(
             status=status,
@@ -225,35 +223,31 @@ class HttpClient:
         headers: Mapping[str, str] | None,
         basic_auth: tuple[str, str] | None,
         content_type: str | None,
-    ) -> Mapping[str, str]:
-        """The request's headers: a cached set when the caller adds none of its own."""
+    ) -> bytes:
+        """The request's extra header lines: cached when the caller adds none of its own."""
         if not headers:
             return _fixed_headers(basic_auth, content_type)
         # Caller headers (a bearer token, say) vary per request: nothing worth caching.
-        return _build_headers(headers, basic_auth, content_type)
+        return encode_headers(_build_headers(headers, basic_auth, content_type))
 
     def _transport_error(self, exc: BaseException) -> TransientSendError:
-        # Timeouts first: aiohttp's timeout errors are ClientErrors and TimeoutErrors both.
         if isinstance(exc, TimeoutError):
-            return TransientSendError(f"{self.name} timed out ({type(exc).__name__})")
+            return TransientSendError(f"{self.name} timed out ({exc})"[:500])
         return TransientSendError(
             f"{self.name} connection problem: {type(exc).__name__}: {exc}"[:500]
         )
 
     async def close(self) -> None:
-        """Close the session's connections, if this client made the session."""
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        """Close the pool's connections (a later request opens new ones)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
 
 
 @functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
-def _fixed_headers(
-    basic_auth: tuple[str, str] | None, content_type: str | None
-) -> CIMultiDictProxy[str]:
-    # Read-only: aiohttp only reads the headers it is given (it merges them into a new dict per
-    # request), and a proxy guarantees no request changes the set the next one is sent with.
-    return CIMultiDictProxy(CIMultiDict(_build_headers({}, basic_auth, content_type)))
+def _fixed_headers(basic_auth: tuple[str, str] | None, content_type: str | None) -> bytes:
+    # Bytes are immutable: no request can change the set the next one is sent with.
+    return encode_headers(_build_headers({}, basic_auth, content_type))
 
 
 def _build_headers(
@@ -268,8 +262,6 @@ def _build_headers(
 
 
 def _basic_authorization(user: str, password: str) -> str:
-    # Built by hand: aiohttp.BasicAuth is deprecated in newer aiohttp, and its replacement
-    # does not exist in the older versions we still support.
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 

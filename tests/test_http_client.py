@@ -202,6 +202,9 @@ async def test_a_refusal_still_parses_retry_after(echo_url: str, client: HttpCli
 
 
 async def test_an_invalid_url_is_a_transient_error(client: HttpClient) -> None:
-    """A URL that does not parse gives TransientSendError, as it did from aiohttp."""
-    with pytest.raises(TransientSendError, match="InvalidUrlClientError"):
+    """A URL that does not parse, or is not http(s), gives TransientSendError, as it did from
+    aiohttp."""
+    with pytest.raises(TransientSendError, match="invalid URL"):
         await client.request("POST", "http://[::1")
+    with pytest.raises(TransientSendError, match="invalid URL"):
+        await client.request("POST", "ftp://127.0.0.1/x")
