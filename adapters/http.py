@@ -122,7 +122,24 @@ def encode_form(fields: Mapping[str, str] | Sequence[tuple[str, str]]) -> bytes:
     Exactly what aiohttp's ``FormData`` sends for the same fields (it calls ``urlencode`` too):
     UTF-8, percent-encoded except ``A-Za-z0-9_.-~``, spaces as ``+``.
     """
-    return urlencode(fields).encode("ascii")
+    items = fields.items() if isinstance(fields, Mapping) else fields
+    try:
+        return "&".join([f"{_form_quote(k)}={_form_quote(v)}" for k, v in items]).encode("ascii")
+    except AttributeError:  # a value that is not text: urlencode's own conversions
+        return urlencode(fields).encode("ascii")
+
+
+# quote_plus's table as one str.translate over the UTF-8 bytes (read as Latin-1, one character
+# per byte): urlencode quotes byte by byte in a Python loop, a fiftieth of each SMS's CPU.
+_FORM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_FORM_TABLE = [
+    chr(byte) if byte in _FORM_SAFE else "+" if byte == 0x20 else f"%{byte:02X}"
+    for byte in range(256)
+]
+
+
+def _form_quote(text: str) -> str:
+    return text.encode("utf-8").decode("latin-1").translate(_FORM_TABLE)
 
 
 def describe(response: HttpResponse, limit: int = 300) -> str:

@@ -15,7 +15,7 @@ is undefined``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from gateway.errors import MessageFailed
@@ -124,25 +124,25 @@ def render_template(
     # ``chosen`` is only ever a locale that has this channel (see locales_with).
     prefix = channel if chosen is None else f"locales.{chosen}.{channel}"
     render = _PartRenderer(renderer, template, prefix, context)
-    made = RenderedParts(
-        name=template.name, version=template.version, channel=channel, locale=chosen
-    )
+    # Built once with every part (dataclasses.replace cost as much as a render).
+    head = {"name": template.name, "version": template.version, "channel": channel,
+            "locale": chosen}
     if isinstance(parts, EmailParts):
         subject = render("subject", parts.subject)
         html = render.maybe("html", parts.html, is_html=True)
         text = render.maybe("text", parts.text)
         if text is None and html is not None:
             text = html_to_text(html)
-        return replace(made, subject=subject, html=html, text=text)
+        return RenderedParts(**head, subject=subject, html=html, text=text)
     if isinstance(parts, SmsParts):
-        return replace(made, body=render("body", parts.body))
+        return RenderedParts(**head, body=render("body", parts.body))
     assert isinstance(parts, PushParts)
     data_parts = None
     if parts.data is not None:
         # Each value is a text template, and stays a string (FCM's data is strings only).
         data_parts = {key: render(f"data.{key}", value) for key, value in parts.data.items()}
-    return replace(
-        made,
+    return RenderedParts(
+        **head,
         title=render.maybe("title", parts.title),
         body=render.maybe("body", parts.body),
         data=data_parts,
