@@ -7,7 +7,7 @@
     └── PermanentSendError    never try again (5xx SMTP, invalid headers, rejected address)
 
 Each adapter translates its library's exceptions into these at its edge, so nothing from
-``httpx``, ``h2``, or our own clients (``adapters/smtp_client.py``, ``adapters/http11.py``,
+``h2`` or our own protocol clients (``adapters/smtp_client.py``, ``adapters/http11.py``,
 ``adapters/h2client.py``) escapes ``adapters/``.
 """
 

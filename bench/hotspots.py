@@ -37,7 +37,7 @@ STAGES = [
      ["publish_events (", "Exchange.publish ("]),
     ("events: unroutable events returned by the broker (basic.return)", ["_on_return_frame"]),
     ("acks: delivery.ack", ["AmqpDelivery.ack", "IncomingMessage.ack"]),
-    ("SMS: TwilioSender.send (aiohttp)", ["TwilioSender.send"]),
+    ("SMS: TwilioSender.send (adapters/http11.py)", ["TwilioSender.send"]),
     ("push: ApnsSender.send (h2client, h2)", ["ApnsSender.send", "GuardedSender.send"]),
     ("DB: claim / grant_caps / record (asyncpg)",
      ["Store.claim", "Store.grant_caps", "Store.record", "asyncpg/"]),

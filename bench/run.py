@@ -969,7 +969,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--daily-cap", type=int, default=3)
     p.add_argument("--transactional-share", type=float, default=0.4)
-    p.add_argument("--prefetch", type=int, default=200, help="GATEWAY_PREFETCH (gateway default)")
+    p.add_argument("--prefetch", type=int, default=400, help="GATEWAY_PREFETCH (gateway default)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--batch-wait-ms", type=int, default=5)
     p.add_argument("--smtp-pool-size", type=int, default=4)

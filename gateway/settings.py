@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     )
 
     # Consumer
-    prefetch: int = Field(200, ge=1, le=65535, description="Unacked jobs per queue consumer")
+    prefetch: int = Field(400, ge=1, le=65535, description="Unacked jobs per queue consumer")
     batch_size: int = Field(100, ge=1, le=5000)
     batch_wait_ms: int = Field(5, ge=0, le=10_000)
     max_job_bytes: int = Field(256 * 1024, ge=1024, description="Larger jobs go to gateway.dead")

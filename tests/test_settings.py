@@ -46,7 +46,7 @@ def test_required_settings_are_read_and_the_rest_default(env: pytest.MonkeyPatch
     assert settings.api_token.get_secret_value() == REQUIRED["GATEWAY_API_TOKEN"]
     assert settings.http_port == 8080
     assert settings.http_host == "0.0.0.0"
-    assert settings.prefetch == 200
+    assert settings.prefetch == 400
     assert settings.smtp_tls is SmtpTls.none
     assert settings.log_format is None
 
