@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import aio_pika
@@ -259,3 +260,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env[f"GATEWAY_{name.upper()}"] = str(getattr(value, "value", value))
     env["GATEWAY_LOG_FORMAT"] = "json"
     return env
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate (and its key) for localhost and 127.0.0.1, made with openssl
+    once per run: the TLS tests' servers present it, their clients trust it as a CA."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key

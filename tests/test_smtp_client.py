@@ -391,20 +391,19 @@ def test_data_payload_reads_back_as_the_normalised_message(content: bytes) -> No
 # -- through the sender: what the client's errors become -------------------------------------------
 
 
+def _email(message_id: str, to: str, from_: str = "shop@example.org") -> OutboundEmail:
+    return OutboundEmail(message_id=message_id, to=to, from_=from_, subject="Hi", text="hello",
+                         html=None)
+
+
 async def test_a_non_ascii_address_to_a_server_without_smtputf8_fails_for_good() -> None:
     aiosmtpd_server = RecordingSmtp(enable_SMTPUTF8=False)
     aiosmtpd_server.start()
     sender = SmtpSender(SmtpConfig(host=aiosmtpd_server.host, port=aiosmtpd_server.port))
     try:
         with pytest.raises(PermanentSendError, match="^SMTP 555 .*SMTPUTF8"):
-            await sender.send(OutboundEmail(
-                message_id="m1", to="jäne@example.com", from_="shop@example.org",
-                subject="Hi", text="hello", html=None,
-            ))
-        await sender.send(OutboundEmail(
-            message_id="m2", to="jane@example.com", from_="shop@example.org",
-            subject="Hi", text="hello", html=None,
-        ))
+            await sender.send(_email("m1", "jäne@example.com"))
+        await sender.send(_email("m2", "jane@example.com"))
     finally:
         await sender.close()
         aiosmtpd_server.stop()
@@ -413,16 +412,13 @@ async def test_a_non_ascii_address_to_a_server_without_smtputf8_fails_for_good()
     assert aiosmtpd_server.sessions == 1  # the refusal left the connection in the pool
 
 
-async def test_an_address_with_a_line_break_fails_for_good_and_nothing_is_sent(
+async def test_an_address_with_a_control_character_fails_for_good_and_nothing_is_sent(
     aiosmtpd_server: RecordingSmtp,
 ) -> None:
     sender = SmtpSender(SmtpConfig(host=aiosmtpd_server.host, port=aiosmtpd_server.port))
     try:
         with pytest.raises(PermanentSendError, match="^refused: .*control characters"):
-            await sender.send(OutboundEmail(
-                message_id="m1", to="jane@example.com", from_="x\x7f@example.org",
-                subject="Hi", text="hello", html=None,
-            ))
+            await sender.send(_email("m1", "jane@example.com", from_="x\x7f@example.org"))
     finally:
         await sender.close()
     await asyncio.sleep(0.1)
