@@ -23,6 +23,7 @@ from adapters.errors import (
     PermanentSendError,
     TransientSendError,
 )
+from gateway.backstop import Backstop
 from gateway.decide import Ready, finish
 from gateway.errors import MessageFailed
 from gateway.jobs import utc_timestamp
@@ -76,6 +77,9 @@ class Dispatcher:
         self._senders = senders
         self._renderer = renderer
         self._metrics = metrics
+        # Bounded well inside the claim's lease, so the scheduler never re-queues a message
+        # that is still being sent; one timer for all sends (gateway/backstop.py).
+        self._backstop = Backstop(settings.processing_lease_seconds / 2)
 
     async def dispatch(self, ready: Ready) -> Dispatched:
         """Send to every target; return the outcome, per-endpoint records and endpoint effects."""
@@ -169,9 +173,7 @@ class Dispatcher:
     async def _request(self, sender: Sender, message: Outbound, target: str) -> _Result:
         """One send, its exceptions mapped to a result; ``error`` names the class of failure."""
         try:
-            # Bounded well inside the claim's lease, so the scheduler never re-queues a message
-            # that is still being sent.
-            async with asyncio.timeout(self._settings.processing_lease_seconds / 2):
+            async with self._backstop():
                 result = await sender.send(message)
         except TimeoutError:
             return _Result(target, "transient", "provider timed out", error="timeout")

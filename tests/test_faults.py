@@ -291,6 +291,32 @@ async def test_smtp_server_that_never_greets_times_out_and_the_gateway_stops(
     assert stop_seconds < settings.smtp_timeout_seconds + 2 < settings.shutdown_grace_seconds
 
 
+async def test_a_send_longer_than_half_the_lease_is_cut_off_as_provider_timed_out(
+    amqp: Amqp, settings_for: Any
+) -> None:
+    """The backstop: an SMTP server that never greets, with an SMTP timeout longer than half
+    the processing lease: each try is cut off at half the lease ('provider timed out'), so the
+    batch ends inside its lease."""
+    silent = SilentServer()
+    await silent.start()
+    settings = settings_for(
+        smtp_host="127.0.0.1", smtp_port=silent.port, smtp_timeout_seconds=30,
+        processing_lease_seconds=1.0, retry_base_seconds=0.2, retry_max_seconds=0.5,
+    )
+    try:
+        stop_seconds, events = await _send_then_stop(
+            amqp, settings, email_job("cut-off"), silent
+        )
+    finally:
+        await silent.stop()
+    deferred = [e for e in events if e.get("status") == "deferred"]
+    report("backstop", deferrals=len(deferred), stop_s=round(stop_seconds, 2),
+           reason=deferred[0]["reason"])
+    assert [e["reason"] for e in deferred[:2]] == ["provider timed out"] * 2
+    # Each try lasted about half the lease, far less than the SMTP timeout.
+    assert stop_seconds < 2
+
+
 async def test_http_provider_that_never_answers_times_out_and_the_gateway_stops(
     amqp: Amqp, settings_for: Any
 ) -> None:
