@@ -31,7 +31,6 @@ from adapters.errors import PermanentSendError, SendError, TransientSendError
 from adapters.mime import HeaderInjection, Mime, build_mime
 from adapters.smtp_client import (
     SmtpConnection,
-    SmtpConnectionError,
     SmtpError,
     SmtpRecipientRefused,
     SmtpReplyError,
