@@ -169,7 +169,11 @@ class SmtpConnection:
         self._reader = reader
         self.extensions = extensions
         self._timeout = timeout
-        self.pipelining = "PIPELINING" in extensions
+
+    @property
+    def pipelining(self) -> bool:
+        """Whether the server offered PIPELINING (RFC 2920) in its last EHLO answer."""
+        return "PIPELINING" in self.extensions
 
     @property
     def usable(self) -> bool:
@@ -331,7 +335,6 @@ async def open_connection(
                 raise SmtpConnectionError(f"TLS handshake failed: {exc}") from None
             reader.transport = secured  # type: ignore[assignment]
             connection.extensions = await _hello(connection, local_hostname)
-        connection.pipelining = "PIPELINING" in connection.extensions
         if username:
             await _login(connection, username, password or "")
     except BaseException:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from gateway.broker import Delivery
 from gateway.jobs import Job, Kind, utc_timestamp
 from gateway.outcomes import Outcome, Status, utcnow
-from gateway.policy import QuietHours, QuietHoursCache, local_day, quiet_hours_end, resolve_zone
+from gateway.policy import QuietHours, QuietHoursCache, local_day, resolve_zone
 from gateway.rules import CampaignRules, Limits, effective_daily_cap, effective_quiet_hours
 from gateway.store import CapRequest, Claim
 from gateway.templates import TemplateVersion
@@ -56,13 +56,14 @@ class PolicyMemo:
     __slots__ = ("now", "_limits", "_campaigns", "_quiet", "_days", "_nights")
 
     def __init__(self, now: datetime, nights: QuietHoursCache | None = None) -> None:
-        """``nights``: a cache of quiet intervals that outlives batches (the pipeline's)."""
+        """``nights``: a cache of quiet intervals that outlives batches (the pipeline's); by
+        default one for this memo alone."""
         self.now = now
         self._limits: dict[int, Limits] = {}
         self._campaigns: dict[int, CampaignRules] = {}
         self._quiet: dict[tuple[ZoneInfo, QuietHours], datetime | None] = {}
         self._days: dict[ZoneInfo, date] = {}
-        self._nights = nights
+        self._nights = nights if nights is not None else QuietHoursCache()
 
     def limits(self, rules: Mapping[str, Any] | None) -> Limits:
         """``Limits.from_json(rules)``, parsed once per rules object."""
@@ -82,10 +83,7 @@ class PolicyMemo:
         """When quiet hours end at ``now`` in ``zone``, or ``None`` outside them."""
         key = (zone, window)
         if key not in self._quiet:
-            self._quiet[key] = (
-                quiet_hours_end(self.now, zone, window) if self._nights is None
-                else self._nights.end(self.now, zone, window)
-            )
+            self._quiet[key] = self._nights.end(self.now, zone, window)
         return self._quiet[key]
 
     def local_day(self, zone: ZoneInfo) -> date:

@@ -103,7 +103,6 @@ def test_an_exchange_name_pamqp_would_not_send_is_still_read_as_pamqp_reads_it()
     """pamqp validates names when it writes, not when it reads; neither does the reader."""
     payload = (b"\x00\x3c\x00\x3c" + b"\x04ctag" + (5).to_bytes(8, "big") + b"\x00"
                + b"\x09bad name!" + b"\x03key")
-    wire = len(payload).to_bytes(4, "big").rjust(7, b"\x00")
     wire = b"\x01\x00\x01" + len(payload).to_bytes(4, "big") + payload + b"\xce"
     _same(decode_frame(1, payload), frame.unmarshal(wire)[2])
     assert decode_frame(1, payload).exchange == "bad name!"
