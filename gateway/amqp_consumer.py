@@ -3,8 +3,10 @@
 aio-pika's consumer wraps every delivery in an ``IncomingMessage`` and runs the callback in a
 second task; on the hot path that was a fifth of the worker's CPU in the AMQP receive path.
 :class:`JobConsumer` registers ``basic.consume`` on the aiormq channel under aio-pika's robust
-channel instead, and :class:`AmqpDelivery` keeps aiormq's message and nothing else. The robust
-channel still reconnects, and restores its qos and the queue declaration; the consumer then
+channel instead, and :class:`AmqpDelivery` keeps aiormq's message and nothing else. Its callback
+is an :class:`~gateway.amqp_reader.InlineConsumer`: the channel calls it with each whole
+delivery, with no task per message (the callback only buffers). The robust channel still
+reconnects, and restores its qos and the queue declaration; the consumer then
 registers itself again from the channel's ``reopen_callbacks``.
 """
 
@@ -23,6 +25,7 @@ from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError
 
+from gateway.amqp_reader import InlineConsumer
 from gateway.broker import OnDelivery
 
 __all__ = ["AmqpDelivery", "JobConsumer"]
@@ -144,8 +147,8 @@ class JobConsumer:
         self._stopped.set()
         self._channel.reopen_callbacks.discard(self._on_reopen)
 
-    async def _on_message(self, message: DeliveredMessage) -> None:
-        await self._on_delivery(self._queue, AmqpDelivery(message))
+    def _on_message(self, message: DeliveredMessage) -> None:
+        self._on_delivery(self._queue, AmqpDelivery(message))
 
     def _on_reopen(self, _channel: AbstractRobustChannel | None, /) -> None:
         # Not awaited here: the channel counts itself restored before its reopen callbacks run,
@@ -204,7 +207,7 @@ class JobConsumer:
 
     async def _consume_on(self, underlay: aiormq.abc.AbstractChannel) -> None:
         ok = await underlay.basic_consume(
-            queue=self._queue, consumer_callback=self._on_message, no_ack=False
+            queue=self._queue, consumer_callback=InlineConsumer(self._on_message), no_ack=False
         )
         if ok.consumer_tag is None:  # pamqp types it optional; the broker always sends it
             raise RuntimeError(f"basic.consume on {self._queue} returned no consumer tag")

@@ -12,23 +12,37 @@ any other frame (and any header whose properties it does not decode itself) goes
 before. :func:`install` puts it in place of aiormq's ``FrameReceiver`` for the connections
 opened afterwards; the tested aiormq and pamqp versions are pinned in ``pyproject.toml``, and
 the tests compare its results with pamqp's, frame by frame.
+
+A delivery is also handed over whole. aiormq passes each of its three frames through the
+connection's reader loop and the channel's frame queue, and then starts a task per message to
+run the consumer. :class:`FrameReader` reads the content header and body right after the
+``basic.deliver`` and yields one :class:`AssembledDeliver` carrying them; the channel's
+``_on_deliver_frame``, replaced by :func:`install`, builds the message from it without reading
+more frames, and calls an :class:`InlineConsumer` directly instead of starting a task. Frames of
+other channels that arrive in the middle of a delivery are kept, and yielded after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import struct
-from typing import Any
+from typing import Any, Callable
 
+import aiormq.channel
 import aiormq.connection
 import pamqp.frame
+import structlog
+from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp import commands, decode
 from pamqp.body import ContentBody
 from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 
-__all__ = ["FrameReader", "decode_frame", "install"]
+__all__ = ["AssembledDeliver", "FrameReader", "InlineConsumer", "decode_frame", "install"]
+
+log = structlog.get_logger("gateway.amqp")
 
 _HEAD = struct.Struct(">BHI")
 _METHOD_ID = struct.Struct(">HH")
@@ -38,6 +52,7 @@ _FRAME_END = 0xCE
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _BASIC = 60
 _DELIVER, _ACK = 60, 80
+_DELIVER_ID = _METHOD_ID.pack(_BASIC, _DELIVER)
 
 # Basic properties in flag order (AMQP 0-9-1 §4.2.6.1, highest bit first) with their decoders.
 # Only these four kinds of value occur; a flag outside the table (reserved bits, a continued
@@ -84,7 +99,7 @@ def decode_frame(frame_type: int, payload: bytes) -> Any:
     return pamqp.frame.unmarshal(head + payload + b"\xce")[2]
 
 
-def _deliver(payload: bytes) -> commands.Basic.Deliver:
+def _deliver(payload: bytes, cls: type[commands.Basic.Deliver] = commands.Basic.Deliver) -> Any:
     # consumer-tag (shortstr), delivery-tag (longlong), redelivered (bit), exchange, routing-key.
     size = payload[4]
     consumer_tag = payload[5:5 + size].decode()
@@ -101,7 +116,7 @@ def _deliver(payload: bytes) -> commands.Basic.Deliver:
         raise InvalidFrameError("basic.deliver frame of the wrong length")
     # Made as pamqp's decoder makes it: attributes set, no validation (a name the broker sent
     # is the broker's business).
-    deliver = _DELIVER_NEW(commands.Basic.Deliver)
+    deliver = _DELIVER_NEW(cls)
     deliver.consumer_tag, deliver.delivery_tag, deliver.redelivered = (
         consumer_tag, delivery_tag, redelivered)
     deliver.exchange, deliver.routing_key = exchange, routing_key
@@ -141,11 +156,83 @@ def _content_header(payload: bytes) -> ContentHeader | None:
     return found
 
 
+class AssembledDeliver(commands.Basic.Deliver):
+    """A ``basic.deliver`` with its content header and body, read by :class:`FrameReader`."""
+
+    __slots__ = ("header", "body")
+
+    header: ContentHeader
+    body: bytes
+
+
+class InlineConsumer:
+    """A consumer callback that the channel calls directly, once per message, with no task.
+
+    Pass it as ``basic_consume``'s ``consumer_callback``. ``callback`` must not block; what it
+    raises is logged. On a channel whose connection did not read with :class:`FrameReader`,
+    aiormq calls the object instead, which runs ``callback`` in the usual per-message task.
+    """
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[DeliveredMessage], None]) -> None:
+        self.callback = callback
+
+    async def __call__(self, message: DeliveredMessage) -> None:
+        self.callback(message)
+
+
 class FrameReader(aiormq.connection.FrameReceiver):
-    """aiormq's ``FrameReceiver`` with two reads per frame and the hot frames decoded here."""
+    """aiormq's ``FrameReceiver`` with two reads per frame, the hot frames decoded here, and
+    each delivery yielded whole (:class:`AssembledDeliver`)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        super().__init__(reader)
+        # Frames of other channels read in the middle of a delivery, yielded after it.
+        self._held: collections.deque[tuple[int, int, Any]] = collections.deque()
 
     async def get_frame(self) -> tuple[int, int, Any]:
         """The next frame as ``(bytes consumed, channel, pamqp object)``, as aiormq expects."""
+        if self._held:
+            return self._held.popleft()
+        frame_type, channel, payload = await self._read()
+        if frame_type == _METHOD and payload.startswith(_DELIVER_ID):
+            return await self._assemble(channel, payload)
+        return len(payload) + 8, channel, self._decode(frame_type, payload)
+
+    async def _assemble(self, channel: int, payload: bytes) -> tuple[int, int, Any]:
+        """The delivery that ``payload`` starts, with the header and body that follow it."""
+        weight = len(payload) + 8
+        deliver = self._decode(_METHOD, payload, AssembledDeliver)
+        header: ContentHeader | None = None
+        parts: list[bytes] = []
+        received = 0
+        while header is None or received < header.body_size:
+            try:
+                frame_type, number, content = await self._read()
+            except StopAsyncIteration:
+                raise AMQPConnectionError(
+                    "Server connection closed inside a delivery") from None
+            if number != channel:
+                self._held.append((len(content) + 8, number, self._decode(frame_type, content)))
+                continue
+            weight += len(content) + 8
+            if header is None:
+                found = self._decode(frame_type, content)
+                if not isinstance(found, ContentHeader):
+                    raise InvalidFrameError(f"{found!r} where a content header was due")
+                header = found
+            elif frame_type == _BODY:
+                parts.append(content)
+                received += len(content)
+            else:
+                raise InvalidFrameError(f"frame type {frame_type} where a content body was due")
+        deliver.header = header
+        deliver.body = parts[0] if len(parts) == 1 else b"".join(parts)
+        return weight, channel, deliver
+
+    async def _read(self) -> tuple[int, int, bytes]:
+        """One frame: its type, channel and payload (the frame-end octet checked and removed)."""
         reader = self.reader
         if reader.at_eof():
             del self.reader
@@ -167,12 +254,44 @@ class FrameReader(aiormq.connection.FrameReceiver):
             raise AMQPConnectionError(f"Server communication error: {exc!r}") from exc
         if rest[-1] != _FRAME_END:
             raise InvalidFrameError("frame does not end with the frame-end octet")
+        return frame_type, channel, rest[:-1]
+
+    @staticmethod
+    def _decode(frame_type: int, payload: bytes, deliver: type | None = None) -> Any:
         try:
-            return 8 + size, channel, decode_frame(frame_type, rest[:-1])
+            if deliver is not None:
+                return _deliver(payload, deliver)
+            return decode_frame(frame_type, payload)
         except (PAMQPException, struct.error, IndexError, UnicodeDecodeError) as exc:
             raise InvalidFrameError(str(exc)) from exc
 
 
+_aiormq_on_deliver_frame = aiormq.channel.Channel._on_deliver_frame
+
+
+async def _on_deliver_frame(self: aiormq.channel.Channel, frame: commands.Basic.Deliver) -> None:
+    """aiormq's, for a delivery already read whole; an :class:`InlineConsumer` is called here."""
+    if not isinstance(frame, AssembledDeliver):
+        return await _aiormq_on_deliver_frame(self, frame)
+    message = DeliveredMessage(delivery=frame, header=frame.header, body=frame.body, channel=self)
+    consumer = self.consumers.get(frame.consumer_tag)  # type: ignore[arg-type]
+    if consumer is None:
+        return None
+    # basic_consume keeps the callback wrapped (aiormq.tools.awaitable, functools.wraps).
+    inline = getattr(consumer, "__wrapped__", consumer)
+    if isinstance(inline, InlineConsumer):
+        try:
+            inline.callback(message)
+        except Exception:  # as aiormq logs a failed consumer task: the channel reads on
+            log.exception("amqp.consumer_failed", consumer_tag=frame.consumer_tag)
+        return None
+    task = self.create_task(consumer(message))
+    task.add_done_callback(self._on_consumer_done)
+    return None
+
+
 def install() -> None:
-    """Make aiormq's connections opened from now on read frames with :class:`FrameReader`."""
+    """Make aiormq's connections opened from now on read frames with :class:`FrameReader`, and
+    its channels take deliveries whole (both idempotent)."""
     aiormq.connection.FrameReceiver = FrameReader  # type: ignore[misc]
+    aiormq.channel.Channel._on_deliver_frame = _on_deliver_frame  # type: ignore[method-assign]

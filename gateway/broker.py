@@ -13,7 +13,7 @@ Names of the AMQP topology, a public contract::
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 JOBS_EXCHANGE = "gateway.jobs"
 EVENTS_EXCHANGE = "gateway.events"
@@ -54,7 +54,8 @@ class Delivery(Protocol):
         """Give the job back to the queue (``requeue=True``) or drop it."""
 
 
-OnDelivery = Callable[[str, Delivery], Awaitable[None]]
+# Called once per job, on the connection's reading path: it must not block (it buffers).
+OnDelivery = Callable[[str, Delivery], None]
 
 
 class Broker(Protocol):

@@ -58,7 +58,7 @@ class Intake:
         """Start consuming."""
         await self._broker.consume(self._on_delivery)
 
-    async def _on_delivery(self, queue: str, delivery: Delivery) -> None:
+    def _on_delivery(self, queue: str, delivery: Delivery) -> None:
         buffer = self._buffers.setdefault(queue, [])
         buffer.append(delivery)
         if self._running.get(queue, 0) >= self._max_running:

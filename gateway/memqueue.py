@@ -121,7 +121,7 @@ class MemoryBroker:
                 raise
             delivery: Delivery = MemoryDelivery(body=body, routing_key=routing_key, lane=lane)
             try:
-                await on_delivery(lane.name, delivery)
+                on_delivery(lane.name, delivery)
             except Exception:
                 # As with aio-pika, a failing callback leaves the delivery unsettled and the
                 # consumer running; the bug is logged, not allowed to stop the queue.

@@ -30,7 +30,7 @@ class Received:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[tuple[str, AmqpDelivery]] = asyncio.Queue()
 
-    async def __call__(self, queue: str, delivery: Delivery) -> None:
+    def __call__(self, queue: str, delivery: Delivery) -> None:
         assert isinstance(delivery, AmqpDelivery)
         self.queue.put_nowait((queue, delivery))
 
@@ -136,6 +136,64 @@ async def test_a_delivery_carries_body_routing_key_and_headers(
     await broker.stop_consuming()
     for queue in JOB_QUEUES:
         assert await _queue_counts(amqp, queue) == (0, 0)
+
+
+async def test_bodies_larger_than_a_frame_arrive_whole(
+    amqp: Amqp, connect_broker: Any, amqp_url: str
+) -> None:
+    """A job body spread over several body frames (RabbitMQ's frame_max is 128 KiB) reaches the
+    gateway's consumer whole, as does one of no bytes; and so it does for a plain aio-pika
+    consumer on a connection that reads with the gateway's frame reader."""
+    broker = await connect_broker()
+    received = Received()
+    await broker.consume(received)
+    big = bytes(range(256)) * 1200  # 300 KiB: three body frames
+    await _publish(amqp, big)
+    await _publish(amqp, b"")
+    bodies = sorted(d.body for d in await received.take(2))
+    assert bodies == [b"", big]
+    await broker.stop_consuming()
+
+    connection = await aio_pika.connect(amqp_url)  # opened after AmqpBroker.connect's install()
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        seen: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await message.ack()
+            seen.put_nowait(message.body)
+
+        await queue.consume(on_message)
+        await channel.default_exchange.publish(aio_pika.Message(big), routing_key=queue.name)
+        assert await asyncio.wait_for(seen.get(), 20) == big
+    finally:
+        await connection.close()
+
+
+async def test_a_failing_callback_is_logged_and_the_next_delivery_still_arrives(
+    amqp: Amqp, connect_broker: Any
+) -> None:
+    """The callback runs on the connection's reading path: what it raises is logged, and the
+    deliveries after it keep coming (the failed one stays unacked, as with aio-pika)."""
+    broker = await connect_broker()
+    received = Received()
+
+    def on_delivery(queue: str, delivery: Delivery) -> None:
+        if delivery.body == b"poison":
+            raise RuntimeError("callback bug")
+        received(queue, delivery)
+
+    with capture_logs() as logs:
+        await broker.consume(on_delivery)
+        await _publish(amqp, b"poison")
+        await _publish(amqp, b"fine")
+        [after] = await received.take(1)
+    assert after.body == b"fine"
+    failed = [e for e in logs if e["event"] == "amqp.consumer_failed"]
+    assert len(failed) == 1 and failed[0]["log_level"] == "error"
+    await broker.ack_all([after])
+    await broker.stop_consuming()
 
 
 async def test_reject_with_requeue_redelivers_and_without_drops(

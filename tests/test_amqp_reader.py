@@ -7,7 +7,6 @@ import asyncio
 from datetime import datetime, timezone
 from typing import Any
 
-import aiormq.connection
 import pytest
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError
 from hypothesis import given, settings
@@ -18,7 +17,7 @@ from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-from gateway.amqp_reader import FrameReader, decode_frame
+from gateway.amqp_reader import AssembledDeliver, FrameReader, decode_frame
 
 PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=300)
 
@@ -124,26 +123,98 @@ async def _read_all(data: bytes) -> list[tuple[int, int, Any]]:
     return frames_read
 
 
+async def _aiormq_reads(stream: bytes, count: int) -> list[tuple[int, int, Any]]:
+    reader = asyncio.StreamReader()
+    reader.feed_data(stream)
+    reader.feed_eof()
+    # aiormq's own: once install() has run, aiormq.connection.FrameReceiver is ours.
+    receiver = FrameReader.__base__(reader)
+    assert receiver.__class__.__module__ == "aiormq.connection"
+    return [await receiver.get_frame() for _ in range(count)]
+
+
+def _same_delivery(ours: Any, theirs: list[Any]) -> None:
+    """``ours`` (one AssembledDeliver) is aiormq's deliver, header and body frames together."""
+    deliver, header, *bodies = theirs
+    assert isinstance(ours, AssembledDeliver)
+    for name in commands.Basic.Deliver.__slots__:
+        assert getattr(ours, name) == getattr(deliver, name), name
+    _same(ours.header, header)
+    assert ours.body == b"".join(body.value for body in bodies)
+
+
+def _delivery(tag: int, body: bytes, channel: int, *, frame_size: int = 1000) -> list[bytes]:
+    """The frames of one delivery of ``body``, cut in bodies of ``frame_size`` bytes."""
+    wire = [
+        frame.marshal(_deliver("ctag", tag, False, "gateway.jobs", "send.promotional"), channel),
+        frame.marshal(ContentHeader(0, len(body), commands.Basic.Properties(
+            content_type="application/json", delivery_mode=2, message_id=f"m-{tag}")), channel),
+    ]
+    for at in range(0, len(body), frame_size):
+        wire.append(frame.marshal(ContentBody(body[at:at + frame_size]), channel))
+    return wire
+
+
 async def test_the_reader_gives_what_aiormq_reader_gives_for_a_stream_of_frames() -> None:
+    """The same frames, except that a delivery comes whole: one item weighing its three frames."""
     stream = b"".join([
-        frame.marshal(_deliver("ctag", 7, True, "", "jobs.promotional"), 3),
-        frame.marshal(ContentHeader(0, 5, commands.Basic.Properties(
-            content_type="application/json", delivery_mode=2, message_id="m-1")), 3),
-        frame.marshal(ContentBody(b"hello"), 3),
+        *_delivery(7, b"hello", 3),
         frame.marshal(Heartbeat(), 0),
         frame.marshal(commands.Basic.Ack(9, True), 1),
     ])
     ours = await _read_all(stream)
-    reader = asyncio.StreamReader()
-    reader.feed_data(stream)
-    reader.feed_eof()
-    theirs = [await aiormq.connection.FrameReceiver(reader).get_frame() for _ in range(5)]
-    assert [(w, c) for w, c, _ in ours] == [(w, c) for w, c, _ in theirs]
-    for (_, _, a), (_, _, b) in zip(ours, theirs):
-        if isinstance(b, Heartbeat):
-            assert isinstance(a, Heartbeat)
-        else:
-            _same(a, b)
+    theirs = await _aiormq_reads(stream, 5)
+    assert [(w, c) for w, c, _ in ours] == [
+        (sum(w for w, _, _ in theirs[:3]), 3), *((w, c) for w, c, _ in theirs[3:])]
+    _same_delivery(ours[0][2], [f for _, _, f in theirs[:3]])
+    assert isinstance(ours[1][2], Heartbeat)
+    _same(ours[2][2], theirs[4][2])
+
+
+async def test_a_body_in_several_frames_and_an_empty_body_come_whole() -> None:
+    big = bytes(range(256)) * 10
+    stream = b"".join([*_delivery(1, big, 2, frame_size=700), *_delivery(2, b"", 2)])
+    ours = await _read_all(stream)
+    theirs = await _aiormq_reads(stream, 6 + 2)
+    assert len(ours) == 2
+    _same_delivery(ours[0][2], [f for _, _, f in theirs[:6]])
+    _same_delivery(ours[1][2], [f for _, _, f in theirs[6:]])
+    assert ours[0][2].body == big and ours[1][2].body == b""
+
+
+async def test_frames_of_other_channels_inside_a_delivery_come_after_it() -> None:
+    """Channels may interleave: what another channel sent mid-delivery is kept, in order."""
+    first, header, body_a, body_b = _delivery(5, b"abcdef", 1, frame_size=3)
+    ack = frame.marshal(commands.Basic.Ack(3, False), 2)
+    heartbeat = frame.marshal(Heartbeat(), 0)
+    ours = await _read_all(b"".join([first, ack, header, body_a, heartbeat, body_b,
+                                     frame.marshal(commands.Basic.Ack(4, False), 2)]))
+    assert [c for _, c, _ in ours] == [1, 2, 0, 2]
+    assert isinstance(ours[0][2], AssembledDeliver) and ours[0][2].body == b"abcdef"
+    assert [type(f) for _, _, f in ours[1:]] == [commands.Basic.Ack, Heartbeat, commands.Basic.Ack]
+    assert [f.delivery_tag for _, _, f in ours[1:] if not isinstance(f, Heartbeat)] == [3, 4]
+
+
+@pytest.mark.parametrize("intruder", [
+    frame.marshal(commands.Basic.Ack(3, False), 1),  # a method where the header was due
+    frame.marshal(ContentBody(b"abc"), 1),  # the body without its header
+])
+async def test_a_delivery_without_its_header_is_invalid(intruder: bytes) -> None:
+    first, *_ = _delivery(5, b"abc", 1)
+    with pytest.raises(InvalidFrameError, match="content header was due"):
+        await _read_all(first + intruder)
+
+
+async def test_a_stream_that_ends_inside_a_delivery_is_a_connection_error() -> None:
+    first, header, body, _ = _delivery(5, b"abcd", 1, frame_size=2)
+    with pytest.raises(AMQPConnectionError, match="inside a delivery"):
+        await _read_all(first + header + body)
+
+
+async def test_a_delivery_cut_short_by_another_method_is_invalid() -> None:
+    first, header, body, _ = _delivery(5, b"abcd", 1, frame_size=2)
+    with pytest.raises(InvalidFrameError, match="content body was due"):
+        await _read_all(first + header + body + frame.marshal(commands.Basic.Ack(3, False), 1))
 
 
 async def test_a_frame_without_its_end_octet_is_invalid() -> None:

@@ -22,7 +22,7 @@ class Received:
     def __init__(self) -> None:
         self.items: asyncio.Queue[tuple[str, Delivery]] = asyncio.Queue()
 
-    async def __call__(self, queue_name: str, delivery: Delivery) -> None:
+    def __call__(self, queue_name: str, delivery: Delivery) -> None:
         self.items.put_nowait((queue_name, delivery))
 
     async def next(self) -> tuple[str, Delivery]:

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.segments import GSM7_BASIC, GSM7_EXTENSION, septets, sms_segments, utf16_units
+from gateway.segments import (
+    GSM7_BASIC,
+    GSM7_EXTENSION,
+    _count,
+    septets,
+    sms_segments,
+    utf16_units,
+)
 
 GSM_CHARS = sorted(GSM7_BASIC | GSM7_EXTENSION)
 gsm_text = st.text(alphabet=st.sampled_from(GSM_CHARS), max_size=700)
@@ -124,3 +131,9 @@ def test_segments_never_decrease_as_text_grows(text: str, cut: int) -> None:
 def test_gsm_segments_never_decrease_as_gsm_text_grows(head: str, tail: str) -> None:
     """Appending GSM-7 text to GSM-7 text never lowers the segment count."""
     assert sms_segments(head)[1] <= sms_segments(head + tail)[1]
+
+
+@given(st.text(alphabet=sorted(GSM7_BASIC), max_size=700))
+def test_one_septet_text_counts_as_the_packing_counts_it(text: str) -> None:
+    """The shortcut for text of one-septet characters agrees with the segment packing."""
+    assert sms_segments(text) == ("GSM-7", _count([1] * len(text), 160, 153))
