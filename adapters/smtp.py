@@ -48,7 +48,7 @@ class SmtpConfig:
     password: str | None = None
     tls: Literal["none", "starttls", "tls"] = "none"
     timeout: float = 30.0
-    pool_size: int = 4
+    pool_size: int = 16
     local_hostname: str | None = None
     ca_file: str | None = None  # a CA bundle to trust (a local server's own certificate)
     message_id_domain: str | None = None  # default: the local hostname, else gateway.local

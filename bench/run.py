@@ -972,7 +972,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prefetch", type=int, default=400, help="GATEWAY_PREFETCH (gateway default)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--batch-wait-ms", type=int, default=5)
-    p.add_argument("--smtp-pool-size", type=int, default=4)
+    p.add_argument("--smtp-pool-size", type=int, default=16, help="GATEWAY_SMTP_POOL_SIZE (gateway default)")
     p.add_argument("--sms-concurrency", type=int, default=50)
     p.add_argument("--sms-delay-ms", default="0-5", help="SMS fake delay, uniform lo-hi ms")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
