@@ -485,7 +485,8 @@ class Bench:
             async with Publisher(self.amqp_url, exchange="gateway.jobs") as publisher:
                 live = PublishResult()
                 publishing = asyncio.create_task(
-                    publisher.paced(items, rate, live) if rate else publisher.burst(items, live)
+                    publisher.paced(items, rate, live, tick=self.args.pace_tick_ms / 1000)
+                    if rate else publisher.burst(items, live)
                 )
                 if inflight_target:
                     inflight = await self._watch_inflight(publishing, live, poll,
@@ -978,6 +979,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.add_argument("--rate", type=float, default=None, help="latency: offered jobs/s")
     p.add_argument("--rate-fraction", type=float, default=0.8)
+    p.add_argument("--pace-tick-ms", type=float, default=2.0,
+                   help="latency: the paced publisher's shortest sleep between two turns "
+                        "(each turn publishes the jobs due by then)")
     p.add_argument("--duration", type=float, default=60.0, help="latency: seconds")
     p.add_argument("--inflight", type=int, default=10_000, help="inflight: jobs per process")
     p.add_argument("--inflight-sms-delay-ms", type=int, default=30_000,

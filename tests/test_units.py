@@ -146,6 +146,18 @@ def test_rendering_survives_cache_eviction_and_keeps_trailing_newline() -> None:
     assert outputs == ["a0\n", "b1", "a2\n"]
 
 
+def test_jinja_globals_render_from_a_cached_template_as_from_a_new_one() -> None:
+    """range, namespace and dict (the environment's globals, copied into each compiled
+    template) work the first time and from the cache; data may not shadow them for the next."""
+    renderer = Renderer()
+    source = "{% for i in range(n) %}{{ i }}{% endfor %}{% set ns = namespace(x=2) %}{{ ns.x }}"
+    source += "{{ dict(a=3).a }}"
+    assert renderer.render(source, {"n": 3}, part="text", is_html=False) == "01223"
+    shadowed = {"n": 2, "range": lambda n: [7] * n}
+    assert renderer.render(source, shadowed, part="text", is_html=False) == "7723"
+    assert renderer.render(source, {"n": 1}, part="text", is_html=False) == "023"
+
+
 # -- html_to_text -------------------------------------------------------------------------------
 
 
