@@ -1,11 +1,11 @@
 """The life of a batch of jobs: parse, claim, decide, grant caps, dispatch, record, announce, ack.
 
 Per batch, whatever its size: one statement claims it (idempotency by job id) and brings back
-what the policy needs (users, endpoints, opt-outs, rules), while one more, alongside, reads
-the stored templates the batch names; one grants cap slots; one records every outcome with its
-events and deliveries; one write publishes the events. Sends run
-concurrently. A job is acked only after its outcome is committed; if PostgreSQL fails, the
-batch goes back to the queue.
+what the policy needs (users, endpoints, opt-outs, rules) and which version of each stored
+template is the latest (the bodies come from a cache; a version never seen before costs one
+more query); one grants cap slots; one records every outcome with its events and deliveries;
+one write publishes the events. Sends run concurrently. A job is acked only after its outcome
+is committed; if PostgreSQL fails, the batch goes back to the queue.
 """
 
 from __future__ import annotations
@@ -86,22 +86,14 @@ class Pipeline:
         for item in parsed:
             unique.setdefault(item.job.id, item)
         try:
-            # The templates are read alongside the claim (another pooled connection): one round
-            # trip less before the sends. A duplicate delivery's template is read for nothing.
-            claimed, loaded = await asyncio.gather(
-                self._store.claim(
-                    [_new_message(p, self._settings.sms_from) for p in unique.values()],
-                    lease_until=now + timedelta(seconds=self._settings.processing_lease_seconds),
-                    now=now,
-                ),
-                self._load_templates(unique.values()),
-                return_exceptions=True,  # both settled before either failure is raised
+            claims = await self._store.claim(
+                [_new_message(p, self._settings.sms_from) for p in unique.values()],
+                lease_until=now + timedelta(seconds=self._settings.processing_lease_seconds),
+                now=now,
             )
-            if isinstance(claimed, BaseException):
-                raise claimed
-            if isinstance(loaded, BaseException):
-                raise loaded
-            claims, templates = claimed, loaded
+            # The claim said which version "latest" is: bodies come from the cache, and only
+            # versions never seen before cost a statement.
+            templates = await self._load_templates(claims, unique)
             memo = PolicyMemo(utcnow(), self._nights)
             decided = [decide(unique[c.id], c, memo.now, memo) for c in claims]
             _apply_templates(decided, templates)
@@ -142,17 +134,27 @@ class Pipeline:
                 _log_outcome(outcome, unique[outcome.message_id])
 
     async def _load_templates(
-        self, items: Iterable[Incoming]
+        self, claims: Iterable[Claim], unique: Mapping[str, Incoming]
     ) -> dict[TemplateKey, TemplateVersion]:
-        """The templates the jobs name, in one query (immutable versions come from the cache)."""
-        wanted = {
-            (item.job.template, item.job.template_version)
-            for item in items
-            if item.job.template is not None
-        }
-        if not wanted:
+        """The template of each claimed job that names one, by the job's own key (a version
+        asked for without one is the latest, as the claim read it). Versions are immutable:
+        those in the cache cost nothing, the others one query for the batch. A key left out
+        names an unknown or deleted template, or a version that does not exist."""
+        resolved: dict[TemplateKey, TemplateKey] = {}  # the job's key -> the version to load
+        for claim in claims:
+            job = unique[claim.id].job
+            if job.template is None:
+                continue
+            if job.template_version is not None:
+                pinned = (job.template, job.template_version)
+                resolved[pinned] = pinned
+            elif claim.template_latest is not None:
+                resolved[(job.template, None)] = (job.template, claim.template_latest)
+        if not resolved:
             return {}
-        return await load_many(self._store.pool, wanted, cache=self._templates)  # type: ignore[arg-type]
+        wanted = set(resolved.values())
+        found = await load_many(self._store.pool, wanted, cache=self._templates)  # type: ignore[arg-type]
+        return {key: found[version] for key, version in resolved.items() if version in found}
 
     async def _grant(self, decided: list[Outcome | Ready]) -> list[Ready]:
         """Ask for every cap slot of the batch at once; turn refusals into suppressed outcomes."""
@@ -281,6 +283,7 @@ def _new_message(item: Incoming, default_sms_from: str | None) -> NewMessage:
         expires_at=job.expires_at,
         user_id=getattr(job.to, "user_id", None),
         sender=sender,
+        template=job.template if job.template_version is None else None,
     )
 
 

@@ -18,8 +18,10 @@ from gateway.outcomes import Outcome
 _CLAIM = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::timestamptz[], $11::text[], $12::text[])
-        AS u(id, channel, kind, job, recipient, campaign_id, send_at, expires_at, user_id, sender)
+                         $7::timestamptz[], $8::timestamptz[], $11::text[], $12::text[],
+                         $13::text[])
+        AS u(id, channel, kind, job, recipient, campaign_id, send_at, expires_at, user_id, sender,
+             template)
 ), claimed AS (
     INSERT INTO messages AS m (id, channel, kind, status, job, recipient, campaign_id, send_at,
                                expires_at, attempts, due_at, created_at, updated_at)
@@ -65,9 +67,14 @@ SELECT c.id, c.failures, c.cap_granted, c.inserted, c.created_at,
                  WHERE d.message_id = c.id AND d.status IN ('sent', 'failed', 'suppressed')
                    AND c.failures > 0), '{}') AS delivered,
        cp.rules::text AS campaign_rules, (cp.id IS NOT NULL) AS campaign_found,
-       (SELECT p.rules::text FROM policy p) AS policy_rules
+       (SELECT p.rules::text FROM policy p) AS policy_rules,
+       tl.latest AS template_latest
 FROM claimed c
 JOIN input i ON i.id = c.id
+-- The latest version of the template the job names without pinning one, read with the claim:
+-- its body comes from the pipeline's cache of immutable versions, so a batch whose versions
+-- are cached costs no statement of its own for its templates.
+LEFT JOIN templates tl ON tl.name = i.template AND tl.deleted_at IS NULL
 LEFT JOIN users u ON u.id = i.user_id
 LEFT JOIN campaigns cp ON cp.id = i.campaign_id
 LEFT JOIN opted op ON op.id = c.id
@@ -154,6 +161,7 @@ class NewMessage:
     expires_at: datetime | None
     user_id: str | None = None
     sender: str | None = None  # our number an SMS goes out from (opt-outs may be per number)
+    template: str | None = None  # a template named without a version: its latest is looked up
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +171,9 @@ class Claim:
     ``failures`` so far; ``inserted`` if seen for the first time; ``endpoints`` the user's
     active addresses on the channel; ``opted_out`` which of its addresses opted out;
     ``delivered`` addresses an earlier attempt already finished; rules as stored JSON;
-    ``created_at`` when the message was first recorded (what end-to-end latency counts from).
+    ``created_at`` when the message was first recorded (what end-to-end latency counts from);
+    ``template_latest`` the latest version of the template the job names without a version
+    (``None``: it names none, pins one, or the template is unknown or deleted).
     """
 
     id: str
@@ -182,6 +192,7 @@ class Claim:
     campaign_rules: dict[str, Any] | None = None
     policy_rules: dict[str, Any] | None = None
     created_at: datetime | None = None
+    template_latest: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +279,7 @@ class Store:
             now,
             [m.user_id for m in messages],
             [m.sender for m in messages],
+            [m.template for m in messages],
         )
         # Every row carries the same policy text (and few campaigns'): parse each text once,
         # and share the object, so decide's per-batch memo sees one object per rule set.
@@ -422,4 +434,5 @@ def _claim(row: asyncpg.Record, rules: dict[str, dict[str, Any]]) -> Claim:
         campaign_rules=_rules(row["campaign_rules"], rules),
         policy_rules=_rules(row["policy_rules"], rules),
         created_at=row["created_at"],
+        template_latest=row["template_latest"],
     )

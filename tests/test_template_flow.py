@@ -84,6 +84,34 @@ async def test_pinned_version_and_missing_variable(
     assert [r.message["Subject"] for r in smtp_server.received] == ["Welcome, there"]
 
 
+async def test_each_job_gets_the_version_that_is_latest_when_it_is_claimed(
+    amqp: Amqp, smtp_server: RecordingSmtp, settings_for: Any, start_gateway: Any
+) -> None:
+    """Latest is read with each claim, though bodies are cached: a new version applies from the
+    next job on, a pinned job keeps its version, and a deleted template is unknown at once."""
+    gateway = await start_gateway(settings_for(smtp_server))
+    await _api(gateway, "PUT", "/v1/templates/welcome", WELCOME)
+    await amqp.publish(template_job("first", {"address": "a@example.com"}))
+    await amqp.wait_events(lambda ev: "sent" in statuses(ev, "first"))
+    v2 = {**WELCOME, "email": {"subject": "Second edition for {{ user.first_name }}", "text": "x"}}
+    assert (await _api(gateway, "PUT", "/v1/templates/welcome", v2))[1]["version"] == 2
+    await amqp.publish(template_job("second", {"address": "b@example.com"}))
+    await amqp.publish(template_job("pinned", {"address": "c@example.com"}, template_version=1))
+    await amqp.wait_events(
+        lambda ev: "sent" in statuses(ev, "second") and "sent" in statuses(ev, "pinned"))
+    assert (await _api(gateway, "DELETE", "/v1/templates/welcome"))[0] == 204
+    await amqp.publish(template_job("after-delete", {"address": "d@example.com"}))
+    events = await amqp.wait_events(lambda ev: "failed" in statuses(ev, "after-delete"))
+    subjects = {r.rcpt_tos[0]: r.message["Subject"] for r in smtp_server.received}
+    assert subjects == {"a@example.com": "Welcome, there",
+                        "b@example.com": "Second edition for there",
+                        "c@example.com": "Welcome, there"}
+    sent = {e["message_id"]: e["template_version"] for e in events if e["status"] == "sent"}
+    assert sent == {"first": 1, "second": 2, "pinned": 1}
+    failed = next(e for e in events if e["message_id"] == "after-delete" and e["status"] == "failed")
+    assert failed["reason"] == "unknown template 'welcome'"
+
+
 async def test_sms_template_locale_fallback_and_segments(
     amqp: Amqp, settings_for: Any, start_gateway: Any, pg_pool: asyncpg.Pool,
 ) -> None:
