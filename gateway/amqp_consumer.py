@@ -6,8 +6,8 @@ second task; on the hot path that was a fifth of the worker's CPU in the AMQP re
 channel instead, and :class:`AmqpDelivery` keeps aiormq's message and nothing else. Its callback
 is an :class:`~gateway.amqp_reader.InlineConsumer`: the channel calls it with each whole
 delivery, with no task per message (the callback only buffers). The robust channel still
-reconnects, and restores its qos and the queue declaration; the consumer then
-registers itself again from the channel's ``reopen_callbacks``.
+reconnects, and restores its qos and the queue declaration; the consumer then registers itself
+again from the channel's ``reopen_callbacks``.
 """
 
 from __future__ import annotations

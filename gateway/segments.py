@@ -55,7 +55,9 @@ def sms_segments(text: str) -> tuple[Encoding, int]:
         # The usual text, every character one septet: no pair to keep whole, so the greedy
         # packing below comes to a plain division (asked once per SMS sent).
         size = len(text)
-        return "GSM-7", (size + _GSM7_SEGMENT - 1) // _GSM7_SEGMENT if size > _GSM7_SINGLE else min(size, 1)
+        if size > _GSM7_SINGLE:
+            return "GSM-7", (size + _GSM7_SEGMENT - 1) // _GSM7_SEGMENT
+        return "GSM-7", min(size, 1)
     gsm = [septets(char) for char in text]
     if all(cost is not None for cost in gsm):
         return "GSM-7", _count([c for c in gsm if c is not None], _GSM7_SINGLE, _GSM7_SEGMENT)
