@@ -77,8 +77,11 @@ _PROPERTIES = (
 _KNOWN_FLAGS = sum(flag for flag, _, _ in _PROPERTIES)
 
 
-def decode_frame(frame_type: int, payload: bytes) -> Any:
-    """The pamqp object for one frame's payload (frame-end byte removed), as pamqp makes it."""
+def decode_frame(
+    frame_type: int, payload: bytes, deliver: type[commands.Basic.Deliver] = commands.Basic.Deliver
+) -> Any:
+    """The pamqp object for one frame's payload (frame-end byte removed), as pamqp makes it; a
+    ``basic.deliver`` is made as ``deliver`` (a subclass, for :class:`AssembledDeliver`)."""
     if not payload:
         pass  # a heartbeat, or (any other type) a frame pamqp refuses: "No frame size"
     elif frame_type == _BODY:
@@ -87,7 +90,7 @@ def decode_frame(frame_type: int, payload: bytes) -> Any:
         class_id, method_id = _METHOD_ID.unpack_from(payload)
         if class_id == _BASIC:
             if method_id == _DELIVER:
-                return _deliver(payload)
+                return _deliver(payload, deliver)
             if method_id == _ACK and len(payload) == 13:
                 return commands.Basic.Ack(_DELIVERY_TAG.unpack_from(payload, 4)[0],
                                           bool(payload[12] & 1))
@@ -99,7 +102,7 @@ def decode_frame(frame_type: int, payload: bytes) -> Any:
     return pamqp.frame.unmarshal(head + payload + b"\xce")[2]
 
 
-def _deliver(payload: bytes, cls: type[commands.Basic.Deliver] = commands.Basic.Deliver) -> Any:
+def _deliver(payload: bytes, cls: type[commands.Basic.Deliver]) -> Any:
     # consumer-tag (shortstr), delivery-tag (longlong), redelivered (bit), exchange, routing-key.
     size = payload[4]
     consumer_tag = payload[5:5 + size].decode()
@@ -203,7 +206,7 @@ class FrameReader(aiormq.connection.FrameReceiver):
     async def _assemble(self, channel: int, payload: bytes) -> tuple[int, int, Any]:
         """The delivery that ``payload`` starts, with the header and body that follow it."""
         weight = len(payload) + 8
-        deliver = self._decode(_METHOD, payload, AssembledDeliver)
+        deliver = self._decode(_METHOD, payload, AssembledDeliver)  # payload starts a deliver
         header: ContentHeader | None = None
         parts: list[bytes] = []
         received = 0
@@ -257,11 +260,12 @@ class FrameReader(aiormq.connection.FrameReceiver):
         return frame_type, channel, rest[:-1]
 
     @staticmethod
-    def _decode(frame_type: int, payload: bytes, deliver: type | None = None) -> Any:
+    def _decode(
+        frame_type: int, payload: bytes,
+        deliver: type[commands.Basic.Deliver] = commands.Basic.Deliver,
+    ) -> Any:
         try:
-            if deliver is not None:
-                return _deliver(payload, deliver)
-            return decode_frame(frame_type, payload)
+            return decode_frame(frame_type, payload, deliver)
         except (PAMQPException, struct.error, IndexError, UnicodeDecodeError) as exc:
             raise InvalidFrameError(str(exc)) from exc
 

@@ -8,7 +8,7 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
@@ -83,14 +83,6 @@ async def body(reader: asyncio.StreamReader) -> bytes:
 async def connect(port: int, **kwargs: object) -> SmtpConnection:
     return await open_connection("127.0.0.1", port, local_hostname="client.test",
                                  timeout=kwargs.pop("timeout", 2.0), **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def aiosmtpd_server() -> Iterator[RecordingSmtp]:
-    server = RecordingSmtp()
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_with_pipelining_envelope_and_data_go_in_one_group() -> None:
@@ -335,24 +327,24 @@ async def test_auth_mechanisms(offered: str) -> None:
 
 
 async def test_a_command_with_a_line_break_is_refused_before_it_is_sent(
-    aiosmtpd_server: RecordingSmtp,
+    smtp_server: RecordingSmtp,
 ) -> None:
-    connection = await connect(aiosmtpd_server.port)
+    connection = await connect(smtp_server.port)
     try:
         with pytest.raises(ValueError, match="control characters"):
             await connection.send("a@example.org", "b@example.org>\r\nRCPT TO:<c@x.org", MESSAGE)
         await connection.send("a@example.org", "b@example.org", MESSAGE)
     finally:
         await connection.quit()
-    [received] = await aiosmtpd_server.wait_for(1)
+    [received] = await smtp_server.wait_for(1)
     assert received.rcpt_tos == ["b@example.org"]
 
 
 async def test_starttls_refused_when_the_server_does_not_offer_it(
-    aiosmtpd_server: RecordingSmtp,
+    smtp_server: RecordingSmtp,
 ) -> None:
     with pytest.raises(SmtpReplyError, match="does not offer STARTTLS"):
-        await connect(aiosmtpd_server.port, tls="starttls")
+        await connect(smtp_server.port, tls="starttls")
 
 
 async def test_connecting_to_nothing_is_a_connection_error() -> None:
@@ -397,29 +389,29 @@ def _email(message_id: str, to: str, from_: str = "shop@example.org") -> Outboun
 
 
 async def test_a_non_ascii_address_to_a_server_without_smtputf8_fails_for_good() -> None:
-    aiosmtpd_server = RecordingSmtp(enable_SMTPUTF8=False)
-    aiosmtpd_server.start()
-    sender = SmtpSender(SmtpConfig(host=aiosmtpd_server.host, port=aiosmtpd_server.port))
+    server = RecordingSmtp(enable_SMTPUTF8=False)
+    server.start()
+    sender = SmtpSender(SmtpConfig(host=server.host, port=server.port))
     try:
         with pytest.raises(PermanentSendError, match="^SMTP 555 .*SMTPUTF8"):
             await sender.send(_email("m1", "jäne@example.com"))
         await sender.send(_email("m2", "jane@example.com"))
     finally:
         await sender.close()
-        aiosmtpd_server.stop()
-    [received] = aiosmtpd_server.received
+        server.stop()
+    [received] = server.received
     assert received.rcpt_tos == ["jane@example.com"]
-    assert aiosmtpd_server.sessions == 1  # the refusal left the connection in the pool
+    assert server.sessions == 1  # the refusal left the connection in the pool
 
 
 async def test_an_address_with_a_control_character_fails_for_good_and_nothing_is_sent(
-    aiosmtpd_server: RecordingSmtp,
+    smtp_server: RecordingSmtp,
 ) -> None:
-    sender = SmtpSender(SmtpConfig(host=aiosmtpd_server.host, port=aiosmtpd_server.port))
+    sender = SmtpSender(SmtpConfig(host=smtp_server.host, port=smtp_server.port))
     try:
         with pytest.raises(PermanentSendError, match="^refused: .*control characters"):
             await sender.send(_email("m1", "jane@example.com", from_="x\x7f@example.org"))
     finally:
         await sender.close()
     await asyncio.sleep(0.1)
-    assert aiosmtpd_server.received == []
+    assert smtp_server.received == []
