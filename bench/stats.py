@@ -46,6 +46,7 @@ def windows(t0s: Sequence[float], lats: Sequence[float], start: float, width: fl
             "count": len(values),
             "p50_ms": round(percentile(values, 50) * 1000, 1),
             "p99_ms": round(percentile(values, 99) * 1000, 1),
+            "max_ms": round(values[-1] * 1000, 1),
         })
     return out
 

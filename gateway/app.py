@@ -119,6 +119,9 @@ class Gateway:
                 batch_wait_seconds=settings.batch_wait_ms / 1000,
             )
             self.metrics.watch_in_flight(lambda: intake.in_flight)
+            # A connection for each batch that can run at once, ready before the first job:
+            # otherwise the first jobs after a start wait for it.
+            await store.warm_up(min(settings.database_pool_size, intake.max_batches))
             await intake.start()
             retention = None
             if settings.retention_days is not None:

@@ -15,7 +15,7 @@ import time
 
 import structlog
 
-from gateway.broker import Broker, Delivery
+from gateway.broker import JOB_QUEUES, Broker, Delivery
 from gateway.pipeline import BackendUnavailable, Pipeline
 
 log = structlog.get_logger("gateway.intake")
@@ -46,6 +46,11 @@ class Intake:
         self._paused_until = 0.0
         self._pause = 0.0
         self._max_pause = max_pause_seconds
+
+    @property
+    def max_batches(self) -> int:
+        """How many batches can run at once: ``max_running`` per job queue."""
+        return self._max_running * len(JOB_QUEUES)
 
     @property
     def in_flight(self) -> int:

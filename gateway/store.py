@@ -6,6 +6,7 @@ with its events. The HTTP API accepts single jobs; the scheduler re-queues what 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Sequence
@@ -118,6 +119,19 @@ WITH input AS (
 INSERT INTO message_events (message_id, status, reason, detail, created_at)
 SELECT id, status, reason, detail::jsonb, at FROM input
 """
+
+_GRANT_CAPS = (
+    "SELECT message_id, granted, reason FROM gateway_grant_caps("
+    "$1::text[], $2::text[], $3::date[], $4::text[], $5::int[], $6::int[], $7::text[], $8::int[])"
+)
+
+# Every batch runs these: worth preparing on each connection before the first job arrives.
+# Each with empty arrays and NULL scalars, which select and change nothing.
+_HOT_PATH: tuple[tuple[str, list[Any]], ...] = (
+    (_CLAIM, [[]] * 8 + [None, None] + [[]] * 3),
+    (_GRANT_CAPS, [[]] * 8),
+    (_RECORD, [[]] * 18),
+)
 
 _ACCEPT = """
 WITH inserted AS (
@@ -252,6 +266,21 @@ class Store:
         """The connection pool, for the API's other stores (users, opt-outs, policy)."""
         return self._pool
 
+    async def warm_up(self, connections: int) -> None:
+        """Open ``connections`` of the pool and run each hot-path statement once on each.
+
+        A fresh connection's first claim took 30-60 ms (connecting, parsing and describing the
+        statement, the backend's first look at the tables' catalogue) against 2-5 ms after:
+        without this, the first jobs after every start pay it. Each statement runs with empty
+        arrays and NULL scalars, which selects and changes nothing.
+        """
+        held = await asyncio.gather(*(self._pool.acquire() for _ in range(connections)))
+        try:
+            await asyncio.gather(*(_prepare_hot_path(c) for c in held))
+        finally:
+            for connection in held:
+                await self._pool.release(connection)
+
     async def ping(self) -> None:
         """Raise if PostgreSQL does not answer."""
         await self._pool.fetchval("SELECT 1")
@@ -291,9 +320,7 @@ class Store:
         if not requests:
             return {}
         rows = await self._pool.fetch(
-            "SELECT message_id, granted, reason FROM gateway_grant_caps("
-            "$1::text[], $2::text[], $3::date[], $4::text[], $5::int[], $6::int[], $7::text[],"
-            " $8::int[])",
+            _GRANT_CAPS,
             [r.message_id for r in requests],
             [r.recipient for r in requests],
             [r.day for r in requests],
@@ -404,6 +431,13 @@ class Store:
             for e in events
         ]
         return message
+
+
+async def _prepare_hot_path(connection: asyncpg.Connection) -> None:
+    # Run, not ``prepare``d: the statement lands in the connection's statement cache (which
+    # ``prepare`` does not fill), where the pipeline's calls look for it.
+    for sql, empty in _HOT_PATH:
+        await connection.fetch(sql, *empty)
 
 
 def _rules(text: str | None, parsed: dict[str, dict[str, Any]]) -> dict[str, Any] | None:

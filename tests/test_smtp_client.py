@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import re
+import ssl
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -345,6 +346,22 @@ async def test_starttls_refused_when_the_server_does_not_offer_it(
 ) -> None:
     with pytest.raises(SmtpReplyError, match="does not offer STARTTLS"):
         await connect(smtp_server.port, tls="starttls")
+
+
+async def test_a_plaintext_connection_loads_no_certificates(
+    smtp_server: RecordingSmtp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading the system's CA certificates takes milliseconds of CPU per context: a pool
+    opening its connections to a plaintext relay must not pay that once per connection."""
+    made: list[object] = []
+    real = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: made.append(1) or real(*a, **k))
+    connection = await connect(smtp_server.port)
+    await connection.send("a@example.org", "b@example.org", MESSAGE)
+    await connection.quit()
+    assert made == []
+    [received] = await smtp_server.wait_for(1)
+    assert received.rcpt_tos == ["b@example.org"]
 
 
 async def test_connecting_to_nothing_is_a_connection_error() -> None:
