@@ -44,7 +44,7 @@ _T0 = re.compile(r"t0:(\d+\.\d+)")
 _REF_B = re.compile(rb"ref:([A-Za-z0-9_.\-]+)")
 _T0_B = re.compile(rb"t0:(\d+\.\d+)")
 _PLAIN_ADDR = re.compile(r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-                         r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)", re.S)
+                         r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)", re.DOTALL)
 _MSGID_B = re.compile(rb"(?im)^X-Gateway-Message-Id:\s*(\S+)")
 
 

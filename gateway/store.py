@@ -274,8 +274,14 @@ class Store:
         without this, the first jobs after every start pay it. Each statement runs with empty
         arrays and NULL scalars, which selects and changes nothing.
         """
-        held = await asyncio.gather(*(self._pool.acquire() for _ in range(connections)))
+        acquired = await asyncio.gather(
+            *(self._pool.acquire() for _ in range(connections)), return_exceptions=True
+        )
+        held = [c for c in acquired if not isinstance(c, BaseException)]
         try:
+            for failure in acquired:
+                if isinstance(failure, BaseException):
+                    raise failure
             await asyncio.gather(*(_prepare_hot_path(c) for c in held))
         finally:
             for connection in held:

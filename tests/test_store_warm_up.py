@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -50,7 +50,7 @@ async def test_the_first_claim_after_warm_up_prepares_nothing_new(
         await store.warm_up(1)
         async with pool.acquire() as connection:
             before = sorted(await _prepared(connection))
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         message = NewMessage(id="warm-1", channel="sms", kind="transactional", job_json="{}",
                              recipient="+14155550100", campaign_id=None, send_at=None,
                              expires_at=None)
