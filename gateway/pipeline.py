@@ -140,7 +140,7 @@ class Pipeline:
         asked for without one is the latest, as the claim read it). Versions are immutable:
         those in the cache cost nothing, the others one query for the batch. A key left out
         names an unknown or deleted template, or a version that does not exist."""
-        resolved: dict[TemplateKey, TemplateKey] = {}  # the job's key -> the version to load
+        resolved: dict[TemplateKey, tuple[str, int]] = {}  # the job's key -> the version to load
         for claim in claims:
             job = unique[claim.id].job
             if job.template is None:
@@ -153,7 +153,7 @@ class Pipeline:
         if not resolved:
             return {}
         wanted = set(resolved.values())
-        found = await load_many(self._store.pool, wanted, cache=self._templates)  # type: ignore[arg-type]
+        found = await load_many(self._store.pool, wanted, cache=self._templates)
         return {key: found[version] for key, version in resolved.items() if version in found}
 
     async def _grant(self, decided: list[Outcome | Ready]) -> list[Ready]:

@@ -216,7 +216,6 @@ class TemplateCache:
 
     def __init__(self, *, max_versions: int = 1024) -> None:
         self._entries: OrderedDict[tuple[str, int], TemplateVersion] = OrderedDict()
-        self._newest: dict[str, TemplateVersion] = {}
         self._max = max_versions
 
     def __len__(self) -> int:
@@ -229,79 +228,53 @@ class TemplateCache:
             self._entries.move_to_end((name, version))
         return found
 
-    def newest(self, name: str) -> TemplateVersion | None:
-        """The highest cached version of ``name``: when it is still the latest, a lookup of the
-        latest version need not fetch its body."""
-        return self._newest.get(name)
-
     def put(self, template: TemplateVersion) -> None:
         """Keep ``template``, dropping the least recently used entry when full."""
         self._entries[template.key] = template
         self._entries.move_to_end(template.key)
-        newest = self._newest.get(template.name)
-        if newest is None or newest.version < template.version:
-            self._newest[template.name] = template
         while len(self._entries) > self._max:
-            (name, version), _ = self._entries.popitem(last=False)
-            if self._newest[name].version == version:
-                remaining = [v for (n, v) in self._entries if n == name]
-                if remaining:
-                    self._newest[name] = self._entries[(name, max(remaining))]
-                else:
-                    del self._newest[name]
+            self._entries.popitem(last=False)
 
 
-# One row per wanted key. ``known`` is a version the caller already holds: when it is the one
-# found, its body is not sent again.
+# One row per version found. A deleted template's versions stay readable: a job pinned to one
+# still renders (only the name stops resolving to a latest version, which the claim reads).
 _LOAD_MANY = """
-SELECT w.name, w.version AS asked, v.version, v.created_at,
-       CASE WHEN v.version = w.known THEN NULL ELSE v.body::text END AS body
-FROM unnest($1::text[], $2::integer[], $3::integer[]) AS w(name, version, known)
-JOIN templates AS t ON t.name = w.name
-JOIN template_versions AS v ON v.name = t.name AND v.version = coalesce(w.version, t.latest)
-WHERE w.version IS NOT NULL OR t.deleted_at IS NULL
+SELECT v.name, v.version, v.body::text AS body, v.created_at
+FROM unnest($1::text[], $2::integer[]) AS w(name, version)
+JOIN template_versions AS v ON v.name = w.name AND v.version = w.version
 """
 
 
 async def load_many(
-    pool: asyncpg.Pool, keys: set[TemplateKey], *, cache: TemplateCache | None = None
-) -> dict[TemplateKey, TemplateVersion]:
-    """The template version of each key found, in one query at most: a pinned version already
-    in ``cache`` is not asked for. A key left out of the answer names an unknown or deleted
-    template, or a version that does not exist (see :func:`not_found_reason`)."""
-    found: dict[TemplateKey, TemplateVersion] = {}
-    wanted: list[tuple[str, int | None, TemplateVersion | None]] = []
-    for name, version in keys:
-        cached = cache.get(name, version) if cache is not None and version is not None else None
+    pool: asyncpg.Pool, versions: set[tuple[str, int]], *, cache: TemplateCache | None = None
+) -> dict[tuple[str, int], TemplateVersion]:
+    """Each of ``versions`` that exists, in one query at most: those already in ``cache`` are
+    not asked for. Which version is a name's latest is not asked here: the pipeline's claim
+    reads it. A version left out of the answer does not exist."""
+    found: dict[tuple[str, int], TemplateVersion] = {}
+    wanted: list[tuple[str, int]] = []
+    for name, version in versions:
+        cached = cache.get(name, version) if cache is not None else None
         if cached is not None:
             found[(name, version)] = cached
-        elif version is not None:
-            wanted.append((name, version, None))
         else:
-            # Held here: the cache may drop it while the query runs.
-            wanted.append((name, None, cache.newest(name) if cache is not None else None))
+            wanted.append((name, version))
     if not wanted:
         return found
     rows = await pool.fetch(
-        _LOAD_MANY,
-        [name for name, _, _ in wanted],
-        [version for _, version, _ in wanted],
-        [known.version if known else None for _, _, known in wanted],
+        _LOAD_MANY, [name for name, _ in wanted], [version for _, version in wanted]
     )
-    known_by_name = {name: known for name, version, known in wanted if version is None and known}
     for row in rows:
-        if row["body"] is None:
-            template = known_by_name[row["name"]]
-        else:
-            template = _version(row["name"], row["version"], row["body"], row["created_at"])
-            if cache is not None:
-                cache.put(template)
-        found[(row["name"], row["asked"])] = template
+        template = _version(row["name"], row["version"], row["body"], row["created_at"])
+        if cache is not None:
+            cache.put(template)
+        found[template.key] = template
     return found
 
 
 def not_found_reason(key: TemplateKey) -> str:
-    """The reason a message fails when :func:`load_many` did not find its template."""
+    """The reason a message fails when its template is not found: a name with no latest
+    version (never stored, or deleted), or a version that does not exist."""
     name, version = key
     if version is None:
         return f"unknown template {name!r}"
