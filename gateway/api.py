@@ -24,6 +24,7 @@ from gateway.keys import ApiKeys, Keyring, Scope
 from gateway.metrics import METRICS, Metrics, metrics_routes
 from gateway.outcomes import utcnow
 from gateway.pipeline import accepted_event, recipient_of
+from gateway.search import message_timeline
 from gateway.settings import Settings
 from gateway.store import NewMessage, Store
 
@@ -202,7 +203,7 @@ async def post_message(request: web.Request) -> web.Response:
 @requires(Scope.read)
 async def get_message(request: web.Request) -> web.Response:
     """The message's current status and the timeline of its events."""
-    message = await request.app[STORE].get_message(request.match_info["id"])
+    message = await message_timeline(request.app[STORE].pool, request.match_info["id"])
     if message is None:
         raise ApiError(404, "not_found", "no message with this id")
     message["status"] = public_status(message["status"])

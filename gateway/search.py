@@ -1,4 +1,5 @@
-"""Message search for support: newest first, filtered, paged with an opaque keyset cursor.
+"""Messages read for support: one message's timeline, and a search newest first, filtered, paged
+with an opaque keyset cursor.
 
 The key is ``(created_at, id)``, unique and fixed for the life of a message, so paging is stable
 while messages keep arriving: a page starts strictly after the last key of the previous one
@@ -19,7 +20,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-__all__ = ["Cursor", "SearchQuery", "search_messages"]
+__all__ = ["Cursor", "SearchQuery", "message_timeline", "search_messages"]
 
 _COLUMNS = """m.id, m.channel, m.kind, m.status, m.reason, m.recipient,
        m.job->'to'->>'user_id' AS user_id, m.campaign_id, m.provider_message_id, m.attempts,
@@ -125,3 +126,39 @@ def _filters(query: SearchQuery, *, first: int) -> tuple[list[str], list[Any]]:
         # The first condition lets the index range start at the cursor; the second is exact.
         conditions.append(f"m.created_at <= {at} AND (m.created_at, m.id) < ({at}, {message_id})")
     return conditions, args
+
+
+async def message_timeline(pool: asyncpg.Pool, message_id: str) -> dict[str, Any] | None:
+    """The message (``GET /v1/messages/{id}``) with its deliveries and the timeline of its
+    events, oldest first; ``None`` if unknown."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT id, channel, kind, status, reason, attempts, campaign_id,"
+            " provider_message_id, send_at, expires_at, due_at, created_at, updated_at"
+            " FROM messages WHERE id = $1",
+            message_id,
+        )
+        if row is None:
+            return None
+        events = await conn.fetch(
+            "SELECT status, reason, detail::text AS detail, created_at FROM message_events"
+            " WHERE message_id = $1 ORDER BY id",
+            message_id,
+        )
+        deliveries = await conn.fetch(
+            "SELECT address, status, reason, provider_message_id, updated_at FROM deliveries"
+            " WHERE message_id = $1 ORDER BY address",
+            message_id,
+        )
+    message = dict(row)
+    message["deliveries"] = [dict(d) for d in deliveries]
+    message["events"] = [
+        {
+            "status": e["status"],
+            "reason": e["reason"],
+            "timestamp": e["created_at"],
+            **(orjson.loads(e["detail"]) if e["detail"] else {}),
+        }
+        for e in events
+    ]
+    return message

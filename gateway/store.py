@@ -404,40 +404,6 @@ class Store:
             now,
         )
 
-    async def get_message(self, message_id: str) -> dict[str, Any] | None:
-        """The message and its timeline, oldest event first; ``None`` if unknown."""
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT id, channel, kind, status, reason, attempts, campaign_id,"
-                " provider_message_id, send_at, expires_at, due_at, created_at, updated_at"
-                " FROM messages WHERE id = $1",
-                message_id,
-            )
-            if row is None:
-                return None
-            events = await conn.fetch(
-                "SELECT status, reason, detail::text AS detail, created_at FROM message_events"
-                " WHERE message_id = $1 ORDER BY id",
-                message_id,
-            )
-            deliveries = await conn.fetch(
-                "SELECT address, status, reason, provider_message_id, updated_at FROM deliveries"
-                " WHERE message_id = $1 ORDER BY address",
-                message_id,
-            )
-        message = dict(row)
-        message["deliveries"] = [dict(d) for d in deliveries]
-        message["events"] = [
-            {
-                "status": e["status"],
-                "reason": e["reason"],
-                "timestamp": e["created_at"],
-                **(orjson.loads(e["detail"]) if e["detail"] else {}),
-            }
-            for e in events
-        ]
-        return message
-
 
 async def _prepare_hot_path(connection: asyncpg.Connection) -> None:
     # Run, not ``prepare``d: the statement lands in the connection's statement cache (which
