@@ -23,6 +23,7 @@ from gateway.intake import Intake
 from gateway.loop_lag import watch_loop_lag
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.planner_stats import PlannerStats
 from gateway.render import Renderer
 from gateway.retention import Retention
 from gateway.scheduler import Scheduler
@@ -119,6 +120,10 @@ class Gateway:
                 batch_wait_seconds=settings.batch_wait_ms / 1000,
             )
             self.metrics.watch_in_flight(lambda: intake.in_flight)
+            # Statistics first: the warm start makes the claim's and the caps' generic plans,
+            # which are costed on them (gateway.planner_stats).
+            planner_stats = PlannerStats(pool=self._pool)
+            await planner_stats.check()
             # A connection for each batch that can run at once, ready before the first job:
             # otherwise the first jobs after a start wait for it.
             await store.warm_up(min(settings.database_pool_size, intake.max_batches))
@@ -135,6 +140,9 @@ class Gateway:
                 retention=retention,
             )
             self._background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
+            self._background.append(
+                asyncio.create_task(planner_stats.run(), name="planner-stats")
+            )
         self._background.append(
             asyncio.create_task(watch_loop_lag(self.metrics.loop_lag), name="loop-lag")
         )

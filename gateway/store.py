@@ -1,4 +1,7 @@
-"""All SQL of the message pipeline. Each batch operation is one statement, one round trip.
+"""The message pipeline's SQL. Each batch operation is one statement, one round trip.
+
+The claim and the caps are functions (``migrations/``), whose statements are planned once per
+connection; the record is plain SQL here.
 
 The pipeline claims a batch (idempotency), then records every outcome of the batch together
 with its events. The HTTP API accepts single jobs; the scheduler re-queues what is due.
@@ -16,75 +19,17 @@ import orjson
 
 from gateway.outcomes import Outcome
 
-_CLAIM = """
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::timestamptz[], $11::text[], $12::text[],
-                         $13::text[])
-        AS u(id, channel, kind, job, recipient, campaign_id, send_at, expires_at, user_id, sender,
-             template)
-), claimed AS (
-    INSERT INTO messages AS m (id, channel, kind, status, job, recipient, campaign_id, send_at,
-                               expires_at, attempts, due_at, created_at, updated_at)
-    SELECT id, channel, kind, 'processing', job::jsonb, recipient, campaign_id, send_at,
-           expires_at, 1, $9, $10, $10
-    FROM input
-    ON CONFLICT (id) DO UPDATE
-        SET status = 'processing', attempts = m.attempts + 1, due_at = EXCLUDED.due_at,
-            updated_at = EXCLUDED.updated_at
-        WHERE m.status = 'queued' OR (m.status = 'processing' AND m.due_at <= $10)
-    RETURNING m.id, m.failures, m.cap_granted, (m.xmax = 0) AS inserted, m.created_at
-), accepted AS (
-    INSERT INTO message_events (message_id, status, created_at)
-    SELECT id, 'accepted', $10 FROM claimed WHERE inserted
-), opted AS (
-    -- The batch's opt-outs, looked up for the whole batch at once (a subquery per row made
-    -- PostgreSQL build a hash of opt_outs once per row): every address a job may reach, the
-    -- raw one or the user's endpoints on the channel, that an opt-out of its scope covers.
-    SELECT a.id, array_agg(a.address) AS addresses
-    FROM (SELECT i.id, i.channel, i.sender, i.recipient AS address FROM input i
-          WHERE i.recipient IS NOT NULL
-          UNION ALL
-          SELECT i.id, i.channel, i.sender, e.address FROM input i
-          JOIN endpoints e ON e.user_id = i.user_id AND e.channel = i.channel) AS a
-    WHERE EXISTS (
-        SELECT 1 FROM opt_outs o
-        WHERE o.channel = a.channel
-          -- Opt-outs keep email addresses wholly in lower case (Jane@ and jane@ are one person).
-          AND o.address = CASE WHEN a.channel = 'email' THEN lower(a.address) ELSE a.address END
-          -- '' blocks every number of ours; a number blocks only what it sends.
-          AND (o.scope = '' OR o.scope = a.sender))
-    GROUP BY a.id
+# The claim is a function (migrations/010_claim_generic_plans.sql): its statement keeps one
+# generic plan per connection instead of being planned for every batch. What it does: record new
+# messages and claim the batch (idempotency), with the 'accepted' events; read, in the same round
+# trip, what the policy needs (the user and its active endpoints on the job's channel, which of
+# the addresses are opted out, the campaign's and global rules, the deliveries already finished
+# by an earlier attempt) and which version of each named template is the latest.
+_CLAIM = (
+    "SELECT * FROM gateway_claim($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+    " $6::text[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz, $10::timestamptz,"
+    " $11::text[], $12::text[], $13::text[])"
 )
--- What the policy needs, in the same round trip: the user and its active endpoints on the
--- job's channel, which of the addresses are opted out, the campaign's and global rules, and
--- the deliveries already finished by an earlier attempt.
-SELECT c.id, c.failures, c.cap_granted, c.inserted, c.created_at,
-       (u.id IS NOT NULL) AS user_found, u.timezone, u.locale, u.attributes::text AS attributes,
-       coalesce(ep.endpoints, '{}') AS endpoints,
-       coalesce(ep.platforms, '{}') AS platforms,
-       coalesce(op.addresses, '{}') AS opted_out,
-       coalesce((SELECT array_agg(d.address) FROM deliveries d
-                 WHERE d.message_id = c.id AND d.status IN ('sent', 'failed', 'suppressed')
-                   AND c.failures > 0), '{}') AS delivered,
-       cp.rules::text AS campaign_rules, (cp.id IS NOT NULL) AS campaign_found,
-       (SELECT p.rules::text FROM policy p) AS policy_rules,
-       tl.latest AS template_latest
-FROM claimed c
-JOIN input i ON i.id = c.id
--- The latest version of the template the job names without pinning one, read with the claim:
--- its body comes from the pipeline's cache of immutable versions, so a batch whose versions
--- are cached costs no statement of its own for its templates.
-LEFT JOIN templates tl ON tl.name = i.template AND tl.deleted_at IS NULL
-LEFT JOIN users u ON u.id = i.user_id
-LEFT JOIN campaigns cp ON cp.id = i.campaign_id
-LEFT JOIN opted op ON op.id = c.id
-LEFT JOIN LATERAL (
-    SELECT array_agg(e.address ORDER BY e.created_at, e.address) AS endpoints,
-           array_agg(coalesce(e.platform, '') ORDER BY e.created_at, e.address) AS platforms
-    FROM endpoints e
-    WHERE e.user_id = i.user_id AND e.channel = i.channel AND e.active) AS ep ON true
-"""
 
 _RECORD = """
 WITH input AS (
