@@ -86,14 +86,16 @@ class PlannerStats:
         self._tables = list(tables)
 
     async def check(self) -> list[str]:
-        """Analyse every hot table that has doubled since its last ANALYZE; return their names."""
+        """Analyse every hot table that has doubled since its last ANALYZE; return their names
+        (one that is locked, by autovacuum say, is skipped until the next turn)."""
         rows = await self._pool.fetch(_SIZES, self._tables)
         stale = [TableSize(r["name"], r["relpages"], r["reltuples"], r["pages"]) for r in rows]
         stale = [t for t in stale if t.stale]
         for table in stale:
-            # One table a statement: an ANALYZE of one is short, and a failure (a role that
-            # does not own the table gets a warning, not an error) stays with that table.
-            await self._pool.execute(f'ANALYZE "{table.name}"')
+            # One table a statement, each short. SKIP_LOCKED: a table that autovacuum (or
+            # another replica) is working on is skipped, not waited for (a long VACUUM would
+            # otherwise hold up a start); the next turn sees it again if it is still stale.
+            await self._pool.execute(f'ANALYZE (SKIP_LOCKED) "{table.name}"')
         if stale:
             log.info("planner_stats.analysed", tables=[t.name for t in stale],
                      pages=[t.pages for t in stale])

@@ -41,6 +41,20 @@ async def test_a_table_is_analysed_when_it_has_doubled_and_not_before(
     assert (await _stats(pg_pool))[0] == 6500
 
 
+async def test_a_table_someone_else_is_working_on_is_skipped_not_waited_for(
+    pg_pool: asyncpg.Pool, clean: None
+) -> None:
+    await pg_pool.execute(_FILL, "a", 3000)
+    async with pg_pool.acquire() as other, other.transaction():
+        # The lock a VACUUM or an ANALYZE holds while it works.
+        await other.execute("LOCK TABLE messages IN SHARE UPDATE EXCLUSIVE MODE")
+        stats = PlannerStats(pool=pg_pool, tables=("messages",))
+        assert await asyncio.wait_for(stats.check(), timeout=5) == ["messages"]
+        assert (await _stats(pg_pool))[0] == -1  # not analysed
+    assert await stats.check() == ["messages"]  # the next turn does it
+    assert (await _stats(pg_pool))[0] == 3000
+
+
 async def _seq_scans(pool: asyncpg.Pool, table: str) -> int:
     async with pool.acquire() as connection:
         await connection.execute("SELECT pg_stat_clear_snapshot()")
