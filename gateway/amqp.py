@@ -27,8 +27,6 @@ from typing import Any, Literal, Sequence, cast
 
 import aio_pika
 import aio_pika.exceptions
-import aiormq
-import aiormq.abc
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -38,8 +36,9 @@ from aio_pika.abc import (
 )
 
 from gateway import amqp_reader
+from gateway.amqp_acks import AckLedger
 from gateway.amqp_consumer import AmqpDelivery, JobConsumer
-from gateway.amqp_frames import ack_many, publish_many
+from gateway.amqp_frames import publish_many
 from gateway.broker import (
     Delivery,
     DEAD_QUEUE,
@@ -182,15 +181,20 @@ class AmqpBroker:
         )
 
     async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
-        # One write per channel for the whole batch (gateway.amqp_frames).
-        by_channel: dict[int, tuple[aiormq.abc.AbstractChannel, list[int]]] = {}
+        # One write per channel for the whole batch, with one multiple ack where the batch's
+        # deliveries are the oldest unsettled ones (gateway.amqp_acks).
+        by_channel: dict[AckLedger, list[int]] = {}
         for delivery in deliveries:
             if not isinstance(delivery, AmqpDelivery):
                 await delivery.ack()
                 continue
-            channel, tag = delivery.take()
-            by_channel.setdefault(id(channel), (channel, []))[1].append(tag)
-        await asyncio.gather(*(ack_many(channel, tags) for channel, tags in by_channel.values()))
+            ledger, tag = delivery.take()
+            by_channel.setdefault(ledger, []).append(tag)
+        if len(by_channel) == 1:
+            [(ledger, tags)] = by_channel.items()
+            await ledger.ack(tags)
+        elif by_channel:
+            await asyncio.gather(*(ledger.ack(tags) for ledger, tags in by_channel.items()))
 
     async def dead_letter(self, delivery: Any, reason: str) -> None:
         headers = dict(getattr(delivery, "headers", {}) or {})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -25,6 +26,7 @@ from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError
 
+from gateway.amqp_acks import AckLedger
 from gateway.amqp_reader import InlineConsumer
 from gateway.broker import OnDelivery
 
@@ -36,17 +38,20 @@ log = structlog.get_logger("gateway.amqp")
 class AmqpDelivery:
     """aiormq's delivery of a job, seen through the :class:`gateway.broker.Delivery` protocol.
 
-    Built once per job on the hot path, so it keeps aiormq's message and nothing else: body,
-    routing key and headers are read from it when asked for. Settling twice with :meth:`ack` or
-    :meth:`reject` raises ``MessageProcessError`` (as aio-pika's ``IncomingMessage`` did); a
-    second ack would make the broker close the channel.
+    Built once per job on the hot path, so it keeps aiormq's message and its channel's
+    :class:`~gateway.amqp_acks.AckLedger` and nothing else: body, routing key and headers are read
+    from the message when asked for. Settling twice with :meth:`ack`, :meth:`reject` or
+    :meth:`take` raises ``MessageProcessError`` (as aio-pika's ``IncomingMessage`` did); a second
+    ack would make the broker close the channel.
     """
 
-    __slots__ = ("_message", "_settled")
+    __slots__ = ("_message", "_ledger", "_settled")
 
-    def __init__(self, message: DeliveredMessage) -> None:
+    def __init__(self, message: DeliveredMessage, ledger: AckLedger) -> None:
         self._message = message
+        self._ledger = ledger
         self._settled = False
+        ledger.order.received(message.delivery_tag or 0)
 
     @property
     def body(self) -> bytes:
@@ -63,23 +68,29 @@ class AmqpDelivery:
 
     async def ack(self) -> None:
         self._check_unsettled()
-        await self._message.channel.basic_ack(self._message.delivery_tag or 0)
+        await self._ledger.ack((self._message.delivery_tag or 0,))
         self._settled = True
 
-    def take(self) -> tuple[aiormq.abc.AbstractChannel, int]:
-        """The aiormq channel and delivery tag to ack this message by (for :func:`ack_many`).
+    def take(self) -> tuple[AckLedger, int]:
+        """Settle this message by acking it with others: its channel's ledger and delivery tag,
+        for :meth:`AckLedger.ack` (one write for a whole batch).
 
         Raises ``ChannelInvalidStateError`` when its channel has closed (it will be redelivered).
         """
+        self._check_unsettled()
         channel = self._message.channel
         if channel.is_closed:
             raise ChannelInvalidStateError(f"{channel!r} closed")
-        return channel, self._message.delivery_tag or 0
+        self._settled = True
+        return self._ledger, self._message.delivery_tag or 0
 
     async def reject(self, *, requeue: bool) -> None:
         self._check_unsettled()
-        await self._message.channel.basic_reject(self._message.delivery_tag or 0, requeue=requeue)
+        tag = self._message.delivery_tag or 0
+        await self._message.channel.basic_reject(tag, requeue=requeue)
         self._settled = True
+        # Only now, with the reject on its way: no multiple ack may cover it before.
+        self._ledger.order.settled(tag)
 
     def _check_unsettled(self) -> None:
         if self._settled:
@@ -147,8 +158,8 @@ class JobConsumer:
         self._stopped.set()
         self._channel.reopen_callbacks.discard(self._on_reopen)
 
-    def _on_message(self, message: DeliveredMessage) -> None:
-        self._on_delivery(self._queue, AmqpDelivery(message))
+    def _on_message(self, ledger: AckLedger, message: DeliveredMessage) -> None:
+        self._on_delivery(self._queue, AmqpDelivery(message, ledger))
 
     def _on_reopen(self, _channel: AbstractRobustChannel | None, /) -> None:
         # Not awaited here: the channel counts itself restored before its reopen callbacks run,
@@ -206,8 +217,10 @@ class JobConsumer:
         return not self._stopped.is_set()
 
     async def _consume_on(self, underlay: aiormq.abc.AbstractChannel) -> None:
+        # Delivery tags count from 1 on each channel: each registration has its own ledger.
+        on_message = partial(self._on_message, AckLedger(underlay))
         ok = await underlay.basic_consume(
-            queue=self._queue, consumer_callback=InlineConsumer(self._on_message), no_ack=False
+            queue=self._queue, consumer_callback=InlineConsumer(on_message), no_ack=False
         )
         if ok.consumer_tag is None:  # pamqp types it optional; the broker always sends it
             raise RuntimeError(f"basic.consume on {self._queue} returned no consumer tag")

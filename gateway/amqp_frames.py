@@ -21,7 +21,7 @@ from typing import Sequence
 from aiormq.abc import AbstractChannel, ChannelFrame
 from aiormq.exceptions import ChannelInvalidStateError
 
-__all__ = ["ack_many", "ack_frames", "publish_frames", "publish_many"]
+__all__ = ["ack_frames", "publish_frames", "publish_many"]
 
 # AMQP 0-9-1 framing (spec §4.2.3): type, channel, size, payload, frame-end. Marshalled here
 # with struct rather than pamqp's generic encoder, which took ~10x longer for these three
@@ -33,6 +33,7 @@ _PUBLISH, _ACK = 40, 80
 # Property flags (spec: basic class properties, highest bit first).
 _CONTENT_TYPE, _DELIVERY_MODE, _MESSAGE_ID = 0x8000, 0x1000, 0x0080
 _PERSISTENT = 2
+_ACK_FRAME = struct.Struct(">BHIHHQB")  # method frame head, class, method, tag, multiple bit
 
 
 def _shortstr(text: str) -> bytes:
@@ -46,13 +47,16 @@ def _frame(kind: int, channel: int, payload: bytes) -> bytes:
     return struct.pack(">BHI", kind, channel, len(payload)) + payload + _FRAME_END
 
 
-def ack_frames(channel_number: int, delivery_tags: Sequence[int]) -> bytes:
-    """One ``basic.ack`` frame per tag (not ``multiple``), marshalled."""
-    pack = struct.Struct(">BHIHHQB").pack
-    return b"".join(
-        pack(_METHOD, channel_number, 13, _BASIC, _ACK, tag, 0) + _FRAME_END
-        for tag in delivery_tags
-    )
+def ack_frames(
+    channel_number: int, delivery_tags: Sequence[int], *, multiple_up_to: int | None = None
+) -> bytes:
+    """One ``basic.ack`` frame per tag (not ``multiple``), then, with ``multiple_up_to``, one
+    ``multiple`` ack of every unacknowledged delivery up to that tag; marshalled."""
+    pack = _ACK_FRAME.pack
+    frames = [pack(_METHOD, channel_number, 13, _BASIC, _ACK, tag, 0) for tag in delivery_tags]
+    if multiple_up_to is not None:
+        frames.append(pack(_METHOD, channel_number, 13, _BASIC, _ACK, multiple_up_to, 1))
+    return _FRAME_END.join(frames) + _FRAME_END if frames else b""
 
 
 def publish_frames(
@@ -76,28 +80,6 @@ def publish_frames(
         for start in range(0, len(body), max_body_frame):
             parts.append(_frame(_BODY, channel_number, body[start : start + max_body_frame]))
     return b"".join(parts)
-
-
-async def ack_many(channel: AbstractChannel, delivery_tags: Sequence[int]) -> None:
-    """Ack each of ``delivery_tags`` on ``channel`` with one write.
-
-    One ``basic.ack`` per tag, not one ``multiple`` ack: batches finish out of order, so a
-    ``multiple`` ack could settle a delivery another batch has not recorded yet.
-    Raises ``ChannelInvalidStateError`` when the channel is closed (the broker then redelivers).
-    """
-    if not delivery_tags:
-        return
-    if channel.is_closed:
-        raise ChannelInvalidStateError(f"{channel!r} closed")
-    drained = channel.create_future()
-    await channel.write_queue.put(  # type: ignore[attr-defined]
-        ChannelFrame(
-            payload=ack_frames(channel.number, delivery_tags),
-            should_close=False,
-            drain_future=drained,
-        )
-    )
-    await drained
 
 
 async def publish_many(

@@ -16,6 +16,7 @@ from aio_pika.exceptions import MessageProcessError
 from aiormq.exceptions import ChannelInvalidStateError
 from structlog.testing import capture_logs
 
+from gateway import amqp_acks
 from gateway.amqp import AmqpBroker
 from gateway.amqp_consumer import AmqpDelivery
 from gateway.broker import JOB_QUEUES, JOBS_EXCHANGE, Delivery
@@ -286,8 +287,9 @@ async def test_a_registration_cut_short_by_another_outage_is_done_again(
 async def test_a_channel_error_reopens_the_channel_and_a_refused_registration_is_retried(
     amqp: Amqp, connect_broker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A channel the broker closes (a job acked twice) reopens with its consumer; when the broker
-    refuses that registration (NOT_FOUND here) it is tried again until it succeeds."""
+    """A channel the broker closes (an ack of a tag it never delivered) reopens with its
+    consumer; when the broker refuses that registration (NOT_FOUND here) it is tried again until
+    it succeeds. The gateway's own acks refuse to settle a delivery twice."""
     broker = await connect_broker()
     received = Received()
     await broker.consume(received)
@@ -306,7 +308,10 @@ async def test_a_channel_error_reopens_the_channel_and_a_refused_registration_is
     monkeypatch.setattr(aiormq.Channel, "basic_consume", basic_consume)
     with capture_logs() as logs:
         await broker.ack_all([twice])
-        await broker.ack_all([twice])  # PRECONDITION_FAILED: unknown delivery tag
+        with pytest.raises(MessageProcessError):
+            await broker.ack_all([twice])
+        # PRECONDITION_FAILED: unknown delivery tag
+        await twice._message.channel.basic_ack(delivery_tag=99_999)
         for _ in range(100):
             if any(e["event"] == "amqp.consumer_restored" for e in logs):
                 break
@@ -335,3 +340,42 @@ async def test_stopped_consumers_stay_stopped_across_a_reconnection(
     await _publish(amqp, b"nobody consumes this")
     await received.nothing_more(2.0)
     assert await _queue_counts(amqp, PROMOTIONAL) == (1, 0)
+
+
+async def test_batches_settled_out_of_order_ack_only_what_they_hold(
+    amqp: Amqp, connect_broker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's acks reach no further than the oldest delivery still unsettled: a later batch
+    finishing first is acked tag by tag, an earlier one with one multiple ack, a rejected
+    delivery is never covered by one; and the one left unsettled is the only one that comes
+    back when the broker connection closes."""
+    written: list[tuple[list[int], int | None]] = []
+    real_ack_frames = amqp_acks.ack_frames
+
+    def recording(channel: int, tags: list[int], *, multiple_up_to: int | None = None) -> bytes:
+        written.append((list(tags), multiple_up_to))
+        return real_ack_frames(channel, tags, multiple_up_to=multiple_up_to)
+
+    monkeypatch.setattr(amqp_acks, "ack_frames", recording)
+    broker = await connect_broker(prefetch=20)
+    received = Received()
+    await broker.consume(received)
+    for n in range(12):
+        await _publish(amqp, f"job-{n}".encode())
+    d = await received.take(12)
+    assert [x.body for x in d] == [f"job-{n}".encode() for n in range(12)]
+    tags = [x._message.delivery_tag for x in d]
+
+    await broker.ack_all(d[6:])  # a later batch first: d[0:6] are not settled
+    await d[2].reject(requeue=False)
+    await broker.ack_all(d[0:2])
+    await broker.ack_all([d[4], d[3]])
+    assert written == [(tags[6:], None), ([], tags[1]), ([], tags[4])]
+    await received.nothing_more()  # the channel never failed: nothing was redelivered
+
+    await broker.stop_consuming()
+    await broker.close()  # d[5], never settled, goes back to the queue
+    assert await _queue_counts(amqp, PROMOTIONAL) == (1, 0)
+    underlay = await amqp.channel.get_underlay_channel()
+    left = await underlay.basic_get(PROMOTIONAL, no_ack=True)
+    assert left.body == b"job-5"

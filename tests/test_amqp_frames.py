@@ -13,7 +13,8 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from gateway.amqp_frames import ack_frames, ack_many, publish_frames, publish_many
+from gateway.amqp_acks import AckLedger
+from gateway.amqp_frames import ack_frames, publish_frames, publish_many
 
 
 def _pamqp_publish(channel: int, exchange: str, key: str, body: bytes, message_id: str,
@@ -48,12 +49,22 @@ def test_publish_frames_are_what_pamqp_marshals(size: int, key: str) -> None:
 
 
 def test_ack_frames_are_what_pamqp_marshals() -> None:
-    """One non-multiple basic.ack per tag, as pamqp marshals it."""
+    """One non-multiple basic.ack per tag, then the multiple one, as pamqp marshals them."""
     tags = [1, 2, 255, 65_536, 2**40]
     expected = ChannelFrame.marshall(
         channel_number=3, frames=[spec.Basic.Ack(delivery_tag=t) for t in tags]
     ).payload
     assert ack_frames(3, tags) == expected
+    with_multiple = ChannelFrame.marshall(
+        channel_number=3,
+        frames=[*(spec.Basic.Ack(delivery_tag=t) for t in tags),
+                spec.Basic.Ack(delivery_tag=70_000, multiple=True)],
+    ).payload
+    assert ack_frames(3, tags, multiple_up_to=70_000) == with_multiple
+    assert ack_frames(3, [], multiple_up_to=9) == ChannelFrame.marshall(
+        channel_number=3, frames=[spec.Basic.Ack(delivery_tag=9, multiple=True)]
+    ).payload
+    assert ack_frames(3, []) == b""
 
 
 def test_a_routing_key_over_255_bytes_is_refused() -> None:
@@ -62,7 +73,7 @@ def test_a_routing_key_over_255_bytes_is_refused() -> None:
         publish_frames(1, "x", [("é" * 128, b"", "id")], content_type="a", max_body_frame=100)
 
 
-async def test_publish_many_and_ack_many_on_a_real_broker(amqp_connection: Any) -> None:
+async def test_publish_many_and_batched_acks_on_a_real_broker(amqp_connection: Any) -> None:
     """Published messages arrive in order with their properties and confirms; acked deliveries
     are gone for good, while an unacked one comes back when its channel closes."""
     channel = await amqp_connection.channel(publisher_confirms=True)
@@ -96,8 +107,10 @@ async def test_publish_many_and_ack_many_on_a_real_broker(amqp_connection: Any) 
         assert {m.content_type for m in got} == {"application/json"}
         assert {m.delivery_mode for m in got} == {aio_pika.DeliveryMode.PERSISTENT}
 
-        consumer_underlay = await consumer.get_underlay_channel()
-        await ack_many(consumer_underlay, [m.delivery_tag or 0 for m in got[:-1]])
+        ledger = AckLedger(await consumer.get_underlay_channel())
+        for message in got:
+            ledger.order.received(message.delivery_tag or 0)
+        await ledger.ack([m.delivery_tag or 0 for m in got[:-1]])
         await consumer.close()  # the one not acked goes back to the queue
         left = None
         async with asyncio.timeout(10):

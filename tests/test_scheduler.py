@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 
 from gateway.scheduler import Scheduler
-from gateway.store import NewMessage, Store
+from gateway.store import Store
 from tests.conftest import Amqp
 from tests.smtp_server import RecordingSmtp
 from tests.test_email_flow import email_job
