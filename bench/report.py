@@ -96,7 +96,8 @@ def table(results: dict[str, Any]) -> str:
              f"{tp.get('gateway_cpu_ms_per_job')} ms of gateway CPU (CPU-bound ceiling "
              f"~{_ceiling(tp)} jobs/s with a full core per process)"),
             ("throughput: others' load before the phase",
-             f"{_get(tp, 'background_before_phase', 'machine_busy_percent')} % of the machine"),
+             f"{_get(tp, 'background_before_phase', 'machine_busy_percent')} % of the machine; "
+             f"CPU gauge {_get(tp, 'background_before_phase', 'cpu_gauge_ms')} ms"),
         ]
     inf = phases.get("inflight")
     if inf and inf.get("inflight"):
@@ -116,6 +117,9 @@ def table(results: dict[str, Any]) -> str:
             ("latency: p50/p95/p99/max ms", _lat(lat.get("latency"))),
             ("latency: same, after 5 s warm-up", _lat(lat.get("latency_after_5s_warmup"))),
             ("latency: peak RSS per process MB", _fmt_rss(lat.get("peak_rss_mb"))),
+            ("latency: others' load before the phase",
+             f"{_get(lat, 'background_before_phase', 'machine_busy_percent')} % of the machine; "
+             f"CPU gauge {_get(lat, 'background_before_phase', 'cpu_gauge_ms')} ms"),
         ]
     width = max(len(r[0]) for r in rows) + 2
     lines = ["", "=" * 100, "messaging-gateway benchmark summary", "=" * 100]
