@@ -6,7 +6,10 @@ acks them as the pipeline does, in batches of 100 with ``ack_all``. What is meas
 process's CPU time (``time.process_time()``: user + system) from ``consume`` to the last ack:
 the frame reader, aiormq's connection and channel, the consumer callback, the acks and the
 event loop (uvloop), with nothing else to do; and, beside it, RabbitMQ's CPU time over the same
-span (its ``beam.smp`` and helpers on this machine, from ``/proc``: delivering and settling). Each round publishes and drains ``--jobs`` jobs
+span (its ``beam.smp`` and helpers on this machine, from ``/proc``: delivering and settling).
+Then twice as many events as jobs are published through ``publish_events`` in batches of 250
+(two at a time, confirmed, to the events exchange with no queue bound, as the gateway ships),
+and the CPU per event is printed. Each round publishes and drains ``--jobs`` jobs
 of the benchmark's size (~240 bytes; 20 % transactional, 80 % promotional).
 
 It runs in a vhost of its own (``gw-micro-<pid>-<hex>``, made with ``rabbitmqctl`` and deleted
@@ -107,6 +110,17 @@ async def drain(broker: AmqpBroker, jobs: int, batch_size: int) -> tuple[float, 
     return cpu, rabbit, wall
 
 
+async def publish_events(broker: AmqpBroker, events: int, batch_size: int) -> float:
+    """Publish ``events`` events through the gateway's ``publish_events`` (confirmed), two
+    batches at a time as two running batches would; return this process's CPU seconds."""
+    body = b'{"event":"message.sent","message_id":"' + b"0" * 26 + b'","status":"sent"}'
+    batch = [("message.sent", body)] * batch_size
+    cpu = time.process_time()
+    for _ in range(events // (2 * batch_size)):
+        await asyncio.gather(broker.publish_events(batch), broker.publish_events(batch))
+    return time.process_time() - cpu
+
+
 async def run(url: str, jobs: int, rounds: int, batch_size: int) -> list[tuple[float, float]]:
     vhost = f"gw-micro-{os.getpid()}-{secrets.token_hex(3)}"
     await infra.rabbitmqctl_async("add_vhost", vhost)
@@ -119,12 +133,15 @@ async def run(url: str, jobs: int, rounds: int, batch_size: int) -> list[tuple[f
             try:
                 await fill(vhost_url, jobs)
                 cpu, rabbit, wall = await drain(broker, jobs, batch_size)
+                events_cpu = await publish_events(broker, 2 * jobs, 250)
             finally:
                 await broker.close()
             per_job.append((cpu / jobs * 1e6, rabbit / jobs * 1e6))
             print(f"round {round_number}: {jobs} deliveries in batches of {batch_size}, CPU "
                   f"{cpu:.2f} s = {per_job[-1][0]:.1f} µs per delivery (RabbitMQ "
-                  f"{per_job[-1][1]:.1f} µs), wall {wall:.2f} s ({jobs / wall:.0f}/s)", flush=True)
+                  f"{per_job[-1][1]:.1f} µs), wall {wall:.2f} s ({jobs / wall:.0f}/s); "
+                  f"{2 * jobs} events published in batches of 250: "
+                  f"{events_cpu / (2 * jobs) * 1e6:.1f} µs of CPU per event", flush=True)
     finally:
         await infra.rabbitmqctl_async("delete_vhost", vhost)
     return per_job

@@ -7,9 +7,10 @@ of the hot path after email (bench/README.md). A batch's methods all go to one c
 are marshalled here into one payload and handed to aiormq's writer once.
 
 This uses aiormq's channel internals (``write_queue``, ``lock``, ``delivery_tag``,
-``confirmations``), the same ones its own ``basic_publish`` uses; the tested versions are pinned
+``create_future``), the same ones its own ``basic_publish`` uses; the tested versions are pinned
 in ``pyproject.toml``. Publisher confirms keep their meaning: each publish gets its own delivery
-tag and confirmation future, and the broker's (possibly ``multiple``) acks resolve them.
+tag, and the batch is confirmed once the broker's (possibly ``multiple``) acks have covered
+every one of them (:mod:`gateway.amqp_confirms`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Sequence
 
 from aiormq.abc import AbstractChannel, ChannelFrame
 from aiormq.exceptions import ChannelInvalidStateError
+
+from gateway.amqp_confirms import confirms_for
 
 __all__ = ["ack_frames", "publish_frames", "publish_many"]
 
@@ -107,28 +110,27 @@ async def publish_many(
         content_type=content_type,
         max_body_frame=channel.max_content_size,  # type: ignore[attr-defined]
     )
-    confirmations: list[asyncio.Future[object]] = []
+    confirmed: asyncio.Future[None] | None = None
     # The lock keeps delivery tags in the order the broker sees the publishes, as aiormq's own
     # basic_publish does.
     async with channel.lock:  # type: ignore[attr-defined]
         first = channel.delivery_tag + 1  # type: ignore[attr-defined]
         if channel.publisher_confirms:  # type: ignore[attr-defined]
-            for tag in range(first, first + len(messages)):
-                future = channel.create_future()
-                channel.confirmations[tag] = future  # type: ignore[attr-defined]
-                confirmations.append(future)
+            # One future for the batch, not one per publish (gateway.amqp_confirms).
+            confirms = confirms_for(channel)
+            confirmed = channel.create_future()
+            confirms.expect(first, len(messages), confirmed)
         drained = channel.create_future()
         try:
             await channel.write_queue.put(  # type: ignore[attr-defined]
                 ChannelFrame(payload=payload, should_close=False, drain_future=drained)
             )
         except BaseException:
-            for tag in range(first, first + len(messages)):
-                channel.confirmations.pop(tag, None)  # type: ignore[attr-defined]
-            for future in confirmations:
-                future.cancel()
+            if confirmed is not None:
+                confirms.forget(first, len(messages))
+                confirmed.cancel()
             raise
         channel.delivery_tag = first + len(messages) - 1  # type: ignore[attr-defined]
         await drained
-    if confirmations:
-        await asyncio.gather(*confirmations)
+    if confirmed is not None:
+        await confirmed

@@ -20,6 +20,11 @@ run the consumer. :class:`FrameReader` reads the content header and body right a
 ``_on_deliver_frame``, replaced by :func:`install`, builds the message from it without reading
 more frames, and calls an :class:`InlineConsumer` directly instead of starting a task. Frames of
 other channels that arrive in the middle of a delivery are kept, and yielded after it.
+
+Publisher confirms are read in runs: a ``basic.ack`` is yielded together with the ``basic.ack``
+frames of the same channel already waiting in the read buffer after it, as one
+:class:`~gateway.amqp_confirms.AckRun`, which the confirm router that :func:`install` also puts
+in place settles frame by frame.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ from pamqp.body import ContentBody
 from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 
+from gateway import amqp_confirms
+from gateway.amqp_confirms import AckRun
+
 __all__ = ["AssembledDeliver", "FrameReader", "InlineConsumer", "decode_frame", "install"]
 
 log = structlog.get_logger("gateway.amqp")
@@ -53,6 +61,8 @@ _METHOD, _HEADER, _BODY = 1, 2, 3
 _BASIC = 60
 _DELIVER, _ACK = 60, 80
 _DELIVER_ID = _METHOD_ID.pack(_BASIC, _DELIVER)
+_ACK_ID = _METHOD_ID.pack(_BASIC, _ACK)
+_ACK_FRAME_SIZE = 21  # head 7, class and method 4, delivery tag 8, bits 1, frame end 1
 
 # Basic properties in flag order (AMQP 0-9-1 §4.2.6.1, highest bit first) with their decoders.
 # Only these four kinds of value occur; a flag outside the table (reserved bits, a continued
@@ -199,9 +209,29 @@ class FrameReader(aiormq.connection.FrameReceiver):
         if self._held:
             return self._held.popleft()
         frame_type, channel, payload = await self._read()
-        if frame_type == _METHOD and payload.startswith(_DELIVER_ID):
-            return await self._assemble(channel, payload)
+        if frame_type == _METHOD:
+            if payload.startswith(_DELIVER_ID):
+                return await self._assemble(channel, payload)
+            if len(payload) == 13 and payload.startswith(_ACK_ID):
+                return await self._ack_run(channel, payload)
         return len(payload) + 8, channel, self._decode(frame_type, payload)
+
+    async def _ack_run(self, channel: int, payload: bytes) -> tuple[int, int, Any]:
+        """``payload``'s ``basic.ack``, and with it the ``basic.ack`` frames of the same channel
+        that are already read and wait next in the buffer: one :class:`AckRun` for them all (a
+        batch's publisher confirms come back as a run of single acks, each of which would
+        otherwise go through aiormq's reader loop, the channel's queue and its reader task)."""
+        acks = [(_DELIVERY_TAG.unpack_from(payload, 4)[0], bool(payload[12] & 1))]
+        buffer = getattr(self.reader, "_buffer", None)  # asyncio.StreamReader's, bytes read
+        prefix = _HEAD.pack(_METHOD, channel, 13) + _ACK_ID
+        while buffer is not None and len(buffer) >= _ACK_FRAME_SIZE and buffer.startswith(prefix):
+            frame = await self.reader.readexactly(_ACK_FRAME_SIZE)  # there: returns at once
+            if frame[-1] != _FRAME_END:
+                raise InvalidFrameError("frame does not end with the frame-end octet")
+            acks.append((_DELIVERY_TAG.unpack_from(frame, 11)[0], bool(frame[19] & 1)))
+        if len(acks) == 1:
+            return len(payload) + 8, channel, self._decode(_METHOD, payload)
+        return _ACK_FRAME_SIZE * len(acks), channel, AckRun.of(acks)
 
     async def _assemble(self, channel: int, payload: bytes) -> tuple[int, int, Any]:
         """The delivery that ``payload`` starts, with the header and body that follow it."""
@@ -295,7 +325,8 @@ async def _on_deliver_frame(self: aiormq.channel.Channel, frame: commands.Basic.
 
 
 def install() -> None:
-    """Make aiormq's connections opened from now on read frames with :class:`FrameReader`, and
-    its channels take deliveries whole (both idempotent)."""
+    """Make aiormq's connections opened from now on read frames with :class:`FrameReader`, its
+    channels take deliveries whole and settle runs of confirms (all idempotent)."""
     aiormq.connection.FrameReceiver = FrameReader  # type: ignore[misc]
     aiormq.channel.Channel._on_deliver_frame = _on_deliver_frame  # type: ignore[method-assign]
+    amqp_confirms.install()  # the reader yields AckRun, which only its router knows

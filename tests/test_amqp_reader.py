@@ -195,6 +195,37 @@ async def test_frames_of_other_channels_inside_a_delivery_come_after_it() -> Non
     assert [f.delivery_tag for _, _, f in ours[1:] if not isinstance(f, Heartbeat)] == [3, 4]
 
 
+async def test_acks_of_a_channel_waiting_together_come_as_one_run() -> None:
+    """Consecutive basic.ack frames of one channel that are read already come as one AckRun
+    (each frame's tag and multiple bit, in order, weighing all of them); an ack alone, a nack
+    and the acks of another channel come as before."""
+    def ack(tag: int, multiple: bool, channel: int) -> bytes:
+        return frame.marshal(commands.Basic.Ack(tag, multiple), channel)
+
+    stream = b"".join([
+        *_delivery(7, b"hello", 3),
+        ack(1, False, 1), ack(3, False, 1), ack(2, True, 1), ack(4, False, 1),
+        ack(9, False, 2), ack(10, True, 2),
+        frame.marshal(commands.Basic.Nack(5, False, False), 1),
+        ack(6, False, 1),
+    ])
+    ours = await _read_all(stream)
+    assert [(w, c, type(f).__name__) for w, c, f in ours] == [
+        (ours[0][0], 3, "AssembledDeliver"), (84, 1, "AckRun"), (42, 2, "AckRun"),
+        (21, 1, "Nack"), (21, 1, "Ack")]
+    assert ours[1][2].acks == [(1, False), (3, False), (2, True), (4, False)]
+    assert ours[2][2].acks == [(9, False), (10, True)]
+    assert isinstance(ours[1][2], commands.Basic.Ack)  # aiormq's channel matches it as an ack
+    assert (ours[4][2].delivery_tag, ours[4][2].multiple) == (6, False)
+
+
+async def test_an_ack_frame_without_its_end_octet_in_a_run_is_invalid() -> None:
+    good = frame.marshal(commands.Basic.Ack(1, False), 1)
+    bad = frame.marshal(commands.Basic.Ack(2, False), 1)[:-1] + b"\x00"
+    with pytest.raises(InvalidFrameError):
+        await _read_all(good + bad)
+
+
 @pytest.mark.parametrize("intruder", [
     frame.marshal(commands.Basic.Ack(3, False), 1),  # a method where the header was due
     frame.marshal(ContentBody(b"abc"), 1),  # the body without its header
