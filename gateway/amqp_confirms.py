@@ -62,6 +62,7 @@ class BatchConfirms:
             self._pending.pop(tag, None)
 
     def owns(self, tag: int) -> bool:
+        """Whether ``tag`` belongs to a batch still waiting for its confirm."""
         return tag in self._pending
 
     def confirm(self, tag: int, multiple: bool, refused: bool = False) -> None:
