@@ -292,6 +292,7 @@ async def test_cli_exits_1_when_the_file_cannot_be_imported(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 300,000 rows written twice: 120 s was not enough on a slow guest
 async def test_cli_imports_100000_rows(
     clean: None, database_url: str, pg_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
