@@ -142,16 +142,21 @@ async def _on_confirm_frame(
             confirms.confirm(tag, multiple, refused)
             if not self.confirmations:  # nothing of aiormq's own (aio-pika's publish) waits
                 continue
-        # aiormq's confirm handling wants the frame: one of a run is made for it.
-        own = frame if run is None else commands.Basic.Ack(delivery_tag=tag, multiple=multiple)
         if confirms is None:
-            await _aiormq_on_confirm_frame(self, own)
-        elif multiple:
-            for pending in [t for t in self.confirmations if t <= tag]:
+            await _aiormq_on_confirm_frame(self, _frame(frame, run, tag, multiple))
+            continue
+        mine = [t for t in self.confirmations if t <= tag] if multiple else (
+            [tag] if tag in self.confirmations else [])
+        if mine:
+            own = _frame(frame, run, tag, multiple)
+            for pending in mine:
                 self._confirm_delivery(pending, own)
-        elif tag in self.confirmations:
-            self._confirm_delivery(tag, own)
     return None
+
+
+def _frame(frame: Any, run: list[tuple[int, bool]] | None, tag: int, multiple: bool) -> Any:
+    """The frame aiormq's confirm handling wants: ``frame``, or one made for a run's member."""
+    return frame if run is None else commands.Basic.Ack(delivery_tag=tag, multiple=multiple)
 
 
 def install() -> None:
