@@ -2,7 +2,8 @@
 
 CPU is read at the start and at the end of a phase for each role (gateway workers, fake
 providers, the benchmark itself, PostgreSQL's processes, RabbitMQ's ``beam.smp``), plus the whole
-machine, so the report can say who used the two cores.
+machine, so the report can say who used the two cores; and so are the context switches of every
+thread of each role and of the machine.
 """
 
 from __future__ import annotations
@@ -26,6 +27,30 @@ def _cpu_seconds(proc: psutil.Process) -> float:
         return 0.0
 
 
+def _switches(proc: psutil.Process) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of every thread of ``proc`` so far.
+
+    psutil's ``num_ctx_switches`` reads ``/proc/PID/status``, the main thread's alone, which
+    for RabbitMQ's ``beam.smp`` (its schedulers are other threads) is nearly nothing.
+    """
+    voluntary = involuntary = 0
+    try:
+        tasks = os.listdir(f"/proc/{proc.pid}/task")
+    except OSError:
+        return 0, 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{proc.pid}/task/{tid}/status") as status:
+                for line in status:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        involuntary += int(line.split()[1])
+        except OSError:  # the thread ended meanwhile
+            continue
+    return voluntary, involuntary
+
+
 def _by_name(names: tuple[str, ...]) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["name"]):
@@ -44,6 +69,9 @@ class CpuAccount:
     _wall: float = 0.0
     _machine: Any = None
     _last: dict[str, dict[int, float]] = field(default_factory=dict)
+    _switches_start: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    _switches_last: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    _machine_switches: int = 0
     _task: asyncio.Task[None] | None = None
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -52,11 +80,15 @@ class CpuAccount:
         for role, find in self.roles.items():
             last = self._last.setdefault(role, {})
             start = self._start.setdefault(role, {})
+            switches = self._switches_last.setdefault(role, {})
             for proc in find():
                 if proc.pid not in start:
                     start[proc.pid] = 0.0  # born during the phase: counts from zero
+                    self._switches_start.setdefault(role, {})[proc.pid] = (0, 0)
                     self._procs.setdefault(role, []).append(proc)
                 last[proc.pid] = _cpu_seconds(proc) or last.get(proc.pid, 0.0)
+                now = _switches(proc)
+                switches[proc.pid] = now if sum(now) else switches.get(proc.pid, (0, 0))
 
     async def _poll_loop(self, interval: float) -> None:
         while True:
@@ -70,6 +102,8 @@ class CpuAccount:
             procs = find()
             self._procs[role] = procs
             self._start[role] = {p.pid: _cpu_seconds(p) for p in procs}
+            self._switches_start[role] = {p.pid: _switches(p) for p in procs}
+        self._machine_switches = psutil.cpu_stats().ctx_switches
         self._task = asyncio.create_task(self._poll_loop(0.5))
 
     def stop(self) -> dict[str, Any]:
@@ -85,6 +119,11 @@ class CpuAccount:
             "wall_seconds": round(wall, 2),
             "machine_busy_percent": round(100 * machine_busy / (wall * cores), 1),
             "cores": cores,
+            # Every process's, the kernel's threads' included: on a VM each switch costs tens
+            # of microseconds of CPU, so this is where steady arrivals cost more than a burst.
+            "machine_context_switches_per_s": round(
+                (psutil.cpu_stats().ctx_switches - self._machine_switches) / wall
+            ),
             "roles": {},
         }
         for role in self.roles:
@@ -93,9 +132,17 @@ class CpuAccount:
             last = self._last.get(role, {})
             seconds = sum(max(0.0, last.get(pid, begin) - begin)
                           for pid, begin in self._start.get(role, {}).items())
+            begun = self._switches_start.get(role, {})
+            ended = self._switches_last.get(role, {})
+            voluntary = involuntary = 0
+            for pid, (v0, i0) in begun.items():
+                v1, i1 = ended.get(pid, (v0, i0))
+                voluntary += max(0, v1 - v0)
+                involuntary += max(0, i1 - i0)
             out["roles"][role] = {
                 "cpu_seconds": round(seconds, 2),
                 "percent_of_one_core": round(100 * seconds / wall, 1),
+                "context_switches": {"voluntary": voluntary, "involuntary": involuntary},
             }
         self.result = out
         return out

@@ -4,7 +4,9 @@ It mirrors the gateway's consumer layout: the same robust connection, one channe
 the same prefetch, a manual ``ack`` per message, on uvloop. Run by ``bench.run`` as its own
 process: ``python -m bench.raw --url URL --queue Q1 --queue Q2 --prefetch P --count N``.
 Prints ``{"ready": true}`` once consuming, then one JSON line with the result and exits after
-``count`` acks or ``--timeout`` seconds.
+``count`` acks or ``--timeout`` seconds. With ``--latency`` it also reads each body's ``data.t0``
+(stamped by the benchmark's publisher) and reports publish → consume latency: the floor under
+the gateway's latency at the same offered rate (``bench.run --raw-floor``).
 """
 
 from __future__ import annotations
@@ -17,17 +19,24 @@ import time
 import aio_pika
 import orjson
 
+from bench.stats import latency_summary
 
-async def consume(url: str, queues: list[str], prefetch: int, count: int, timeout: float) -> dict:
+
+async def consume(
+    url: str, queues: list[str], prefetch: int, count: int, timeout: float, latency: bool = False
+) -> dict:
     connection = await aio_pika.connect_robust(
         url, client_properties={"connection_name": "bench-raw"}
     )
     done = asyncio.Event()
-    state = {"acked": 0, "first_delivery": None, "last_ack": None}
+    state: dict = {"acked": 0, "first_delivery": None, "last_ack": None}
+    latencies: list[float] = []
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         if state["first_delivery"] is None:
             state["first_delivery"] = time.time()
+        if latency:
+            latencies.append(time.time() - float(orjson.loads(message.body)["data"]["t0"]))
         await message.ack()
         state["acked"] += 1
         if state["acked"] >= count:
@@ -47,6 +56,8 @@ async def consume(url: str, queues: list[str], prefetch: int, count: int, timeou
         except TimeoutError:
             state["timed_out"] = True
             state["last_ack"] = time.time()
+    if latency:
+        state["latency"] = latency_summary(latencies)
     return state
 
 
@@ -57,10 +68,13 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--latency", action="store_true", help="report publish -> consume latency")
     args = parser.parse_args()
     import uvloop
 
-    result = uvloop.run(consume(args.url, args.queue, args.prefetch, args.count, args.timeout))
+    result = uvloop.run(
+        consume(args.url, args.queue, args.prefetch, args.count, args.timeout, args.latency)
+    )
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     sys.stdout.flush()
 

@@ -31,8 +31,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("ratio end-to-end / raw", ratio, ">= 0.5", ratio is not None and ratio >= 0.5)
     p99 = _get(phases, "latency", "latency", "p99_ms")
     if p99 is not None:
+        floor = _get(phases, "raw_floor", "latency", "p99_ms")
         add(f"p99 latency at {_get(phases, 'latency', 'offered_rate')}/s offered", p99, "<= 50 ms",
-            p99 <= 50)
+            p99 <= 50, "" if floor is None else f"a bare consumer at that rate: p99 {floor} ms")
     inflight = _get(phases, "inflight", "inflight") or {}
     peak = inflight.get("peak_rss_while_at_target_mb") or inflight.get("peak_rss_until_release_mb")
     if peak:
@@ -92,6 +93,7 @@ def table(results: dict[str, Any]) -> str:
              f"{tp['database']['tup_inserted_per_job']} rows inserted, "
              f"{tp['database']['tup_updated_per_job']} updated per job)"),
             ("throughput: CPU (% of one core)", _fmt_cpu(tp.get("cpu"))),
+            ("throughput: context switches per job", _fmt_switches(tp.get("cpu"), tp["jobs"])),
             ("throughput: gateway CPU per job",
              f"{tp.get('gateway_cpu_ms_per_job')} ms of gateway CPU (CPU-bound ceiling "
              f"~{_ceiling(tp)} jobs/s with a full core per process)"),
@@ -117,9 +119,21 @@ def table(results: dict[str, Any]) -> str:
             ("latency: p50/p95/p99/max ms", _lat(lat.get("latency"))),
             ("latency: same, after 5 s warm-up", _lat(lat.get("latency_after_5s_warmup"))),
             ("latency: peak RSS per process MB", _fmt_rss(lat.get("peak_rss_mb"))),
+            ("latency: CPU (% of one core)", _fmt_cpu(lat.get("cpu"))),
+            ("latency: context switches per job", _fmt_switches(lat.get("cpu"), lat["jobs"])),
             ("latency: others' load before the phase",
              f"{_get(lat, 'background_before_phase', 'machine_busy_percent')} % of the machine; "
              f"CPU gauge {_get(lat, 'background_before_phase', 'cpu_gauge_ms')} ms"),
+        ]
+    floor = phases.get("raw_floor")
+    if floor:
+        rows += [
+            ("raw floor: bare consumer, offered / achieved",
+             f"{floor.get('offered_rate')} / {floor['rate']} msg/s for {floor['messages']} msgs"),
+            ("raw floor: publish -> consume p50/p95/p99/max ms", _lat(floor.get("latency"))),
+            ("raw floor: CPU (% of one core)", _fmt_cpu(floor.get("cpu"))),
+            ("raw floor: context switches per message",
+             _fmt_switches(floor.get("cpu"), floor["messages"])),
         ]
     width = max(len(r[0]) for r in rows) + 2
     lines = ["", "=" * 100, "messaging-gateway benchmark summary", "=" * 100]
@@ -162,6 +176,18 @@ def _fmt_cpu(cpu: dict[str, Any] | None) -> str:
     return f"{roles}; machine busy {cpu['machine_busy_percent']}% of {cpu['cores']} cores"
 
 
+def _fmt_switches(cpu: dict[str, Any] | None, jobs: int) -> str:
+    """Context switches per job, the machine's and each role's (every thread's)."""
+    if not cpu or "machine_context_switches_per_s" not in cpu or not jobs:
+        return "-"
+    machine = cpu["machine_context_switches_per_s"] * cpu["wall_seconds"] / jobs
+    roles = ", ".join(
+        f"{k} {(v['context_switches']['voluntary'] + v['context_switches']['involuntary']) / jobs:.2f}"
+        for k, v in cpu["roles"].items() if "context_switches" in v
+    )
+    return f"machine {machine:.2f}; {roles}"
+
+
 def main() -> None:
     """``python -m bench.report [bench/results/latest.json]``: the table of every phase the
     file holds, this run's and the earlier runs' it kept."""
@@ -174,7 +200,7 @@ def main() -> None:
     results = orjson.loads(path.read_bytes())
     merged = dict(results)
     merged["phases"] = {**(results.get("earlier_phases") or {}), **results.get("phases", {})}
-    order = ["raw", "throughput", "inflight", "latency"]
+    order = ["raw", "throughput", "inflight", "latency", "raw_floor"]
     merged["phases"] = {k: merged["phases"][k] for k in order if k in merged["phases"]} | {
         k: v for k, v in merged["phases"].items() if k not in order}
     merged["earlier_phases"] = {}

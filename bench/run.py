@@ -13,6 +13,8 @@ Phases (``--mode``):
   prefetch; ratio = end-to-end rate / raw rate.
 - ``latency``: a fixed offered rate (default 80 % of the measured maximum: this run's, else the
   last ``latest.json``'s, else a short probe) for ``--duration`` seconds; latency percentiles.
+  Then (unless ``--no-raw-floor``) the bare consumer at the same rate: the latency, CPU and
+  context switches of the broker and the publisher alone, the floor the gateway adds to.
 - ``inflight``: the SMS fake answers after 2 s, prefetch high, so 10,000 jobs pile up in flight
   in each gateway process; peak RSS.
 - ``all`` (default): throughput, inflight, latency.
@@ -396,10 +398,16 @@ class Bench:
                 f"{name} starts (not us): {background['busy_processes']}; figures will suffer")
         return background
 
-    async def phase_raw(self, count: int) -> dict[str, Any]:
-        """Publish ``count`` same-size messages; a bare consumer acks them, no work."""
+    async def phase_raw(self, count: int, *, rate: float | None = None) -> dict[str, Any]:
+        """Publish ``count`` same-size messages; a bare consumer acks them, no work.
+
+        With ``rate``, the publisher is paced as in the latency phase and the consumer reports
+        publish → consume latency: the floor of this box at that offered rate (``--raw-floor``).
+        """
         assert self.tmp is not None
-        log(f"raw ceiling: {count} messages, prefetch {self.args.prefetch}, bare aio-pika consumer")
+        name = "raw floor" if rate else "raw ceiling"
+        log(f"{name}: {count} messages{f' paced at {rate:.0f}/s' if rate else ''}, prefetch "
+            f"{self.args.prefetch}, bare aio-pika consumer")
         background = await self._quiet_machine("raw")
         await self._purge(list(RAW_QUEUES))
         workload = self._workload(count, "raw")
@@ -408,7 +416,8 @@ class Bench:
             [infra.python(), "-m", "bench.raw", "--url", self.amqp_url,
              *[arg for q in RAW_QUEUES for arg in ("--queue", q)],
              "--prefetch", str(self.args.prefetch), "--count", str(count),
-             "--timeout", str(max(60, count / 500))],
+             "--timeout", str(max(60, count / 500) + (count / rate if rate else 0)),
+             *(["--latency"] if rate else [])],
             log_path=self.tmp / "raw.log", stdout_pipe=True,
         )
         await infra.read_json_line(consumer, timeout=20)
@@ -418,8 +427,12 @@ class Bench:
             "rabbitmq": monitor.rabbitmq_processes,
         })
         cpu.start()
+        items = [(j.routing_key, j.body) for j in workload.jobs]
         async with Publisher(self.amqp_url, exchange=RAW_EXCHANGE) as publisher:
-            published = await publisher.burst([(j.routing_key, j.body) for j in workload.jobs])
+            if rate:
+                published = await publisher.paced(items, rate, tick=self.args.pace_tick_ms / 1000)
+            else:
+                published = await publisher.burst(items)
         result = await infra.read_json_line(consumer, timeout=max(60, count / 500) + 10)
         cpu_result = cpu.stop()
         await self.children.stop(consumer)
@@ -436,7 +449,15 @@ class Bench:
             "cpu": cpu_result,
             "background_before_phase": background,
         }
-        log(f"raw ceiling: {out['rate']} msg/s ({out['acked']} acked in {out['seconds']} s)")
+        if rate:
+            out["offered_rate"] = round(rate, 1)
+            out["latency"] = result.get("latency", {})
+            lat = out["latency"]
+            log(f"raw floor: {out['rate']} msg/s, publish -> consume latency p50 "
+                f"{lat.get('p50_ms')} p95 {lat.get('p95_ms')} p99 {lat.get('p99_ms')} max "
+                f"{lat.get('max_ms')} ms")
+        else:
+            log(f"raw ceiling: {out['rate']} msg/s ({out['acked']} acked in {out['seconds']} s)")
         return out
 
     async def phase_gateway(
@@ -899,6 +920,10 @@ class Bench:
                 profile=args.profile and args.profile_phase == "latency",
             )
             phases["latency"]["rate_source"] = source
+            if args.raw_floor:
+                phases["raw_floor"] = await self.phase_raw(
+                    int(rate * args.raw_floor_duration), rate=rate
+                )
         return self.results
 
     def _earlier_phases(self) -> dict[str, Any]:
@@ -987,6 +1012,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="latency: the paced publisher's shortest sleep between two turns "
                         "(each turn publishes the jobs due by then)")
     p.add_argument("--duration", type=float, default=60.0, help="latency: seconds")
+    p.add_argument("--raw-floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="latency: then the bare consumer at the same offered rate, for the "
+                        "publish -> consume latency and CPU of the broker alone on this box")
+    p.add_argument("--raw-floor-duration", type=float, default=30.0,
+                   help="--raw-floor: seconds")
     p.add_argument("--inflight", type=int, default=10_000, help="inflight: jobs per process")
     p.add_argument("--inflight-sms-delay-ms", type=int, default=30_000,
                    help="inflight: the SMS fake holds each request this long (or until the "
