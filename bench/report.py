@@ -135,6 +135,20 @@ def table(results: dict[str, Any]) -> str:
             ("raw floor: context switches per message",
              _fmt_switches(floor.get("cpu"), floor["messages"])),
         ]
+    curve = phases.get("curve")
+    if curve:
+        rows.append(("curve: the maximum", f"{curve['max_rate']} jobs/s, from "
+                                          f"{curve['max_rate_source']}; "
+                                          f"{curve['seconds_per_point']} s at each fraction"))
+        for point in curve["points"]:
+            rows.append((
+                f"curve: {point['fraction']:.0%} = {point['offered_rate']}/s",
+                f"achieved {point['achieved_rate']}; p50/p95/p99/max ms {_lat(point['latency'])};"
+                f" busy {point['machine_busy_percent']}%, gateway {point['gateway_cpu_ms_per_job']}"
+                f" ms/job, {point['machine_context_switches_per_job']} switches/job",
+            ))
+        rows.append(("curve: highest rate with p99 <= 50 ms",
+                     str(curve.get("highest_rate_with_p99_within_50ms") or "none of these")))
     width = max(len(r[0]) for r in rows) + 2
     lines = ["", "=" * 100, "messaging-gateway benchmark summary", "=" * 100]
     lines += [f"{name:<{width}}{value}" for name, value in rows]
@@ -200,7 +214,7 @@ def main() -> None:
     results = orjson.loads(path.read_bytes())
     merged = dict(results)
     merged["phases"] = {**(results.get("earlier_phases") or {}), **results.get("phases", {})}
-    order = ["raw", "throughput", "inflight", "latency", "raw_floor"]
+    order = ["raw", "throughput", "inflight", "latency", "raw_floor", "curve"]
     merged["phases"] = {k: merged["phases"][k] for k in order if k in merged["phases"]} | {
         k: v for k, v in merged["phases"].items() if k not in order}
     merged["earlier_phases"] = {}

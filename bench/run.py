@@ -17,6 +17,8 @@ Phases (``--mode``):
   context switches of the broker and the publisher alone, the floor the gateway adds to.
 - ``inflight``: the SMS fake answers after 2 s, prefetch high, so 10,000 jobs pile up in flight
   in each gateway process; peak RSS.
+- ``curve``: the latency phase at several fractions of the maximum (``--curve``), shorter
+  (``--curve-duration``): the highest of them whose p99 is within 50 ms.
 - ``all`` (default): throughput, inflight, latency.
 """
 
@@ -924,6 +926,8 @@ class Bench:
                 phases["raw_floor"] = await self.phase_raw(
                     int(rate * args.raw_floor_duration), rate=rate
                 )
+        if "curve" in modes:
+            phases["curve"] = await self.phase_curve(phases)
         return self.results
 
     def _earlier_phases(self) -> dict[str, Any]:
@@ -944,6 +948,15 @@ class Bench:
     async def _offered_rate(self, phases: dict[str, Any]) -> tuple[float, str]:
         if self.args.rate:
             return float(self.args.rate), "--rate"
+        measured, source = await self._measured_max(phases)
+        rate = self.args.rate_fraction * measured
+        log(f"latency: offered rate {rate:.0f}/s = {self.args.rate_fraction:.0%} of "
+            f"{measured:.0f}/s"
+            f" ({source})")
+        return rate, f"{self.args.rate_fraction:.0%} of {measured:.0f}/s from {source}"
+
+    async def _measured_max(self, phases: dict[str, Any]) -> tuple[float, str]:
+        """The end-to-end maximum the offered rates are fractions of, and where it came from."""
         if "throughput" in phases:
             measured = phases["throughput"]["rate_jobs_per_s"]
             source = "this run's throughput phase"
@@ -957,11 +970,45 @@ class Bench:
                 probe = await self.phase_gateway("probe", min(self.args.jobs, 20_000))
                 measured = probe["rate_jobs_per_s"]
                 source = "a 20,000-job probe"
-        rate = self.args.rate_fraction * measured
-        log(f"latency: offered rate {rate:.0f}/s = {self.args.rate_fraction:.0%} of "
-            f"{measured:.0f}/s"
-            f" ({source})")
-        return rate, f"{self.args.rate_fraction:.0%} of {measured:.0f}/s from {source}"
+        return measured, source
+
+    async def phase_curve(self, phases: dict[str, Any]) -> dict[str, Any]:
+        """Latency at several fractions of the maximum, ``--curve-duration`` seconds each: up
+        to which rate the p99 target holds on this machine."""
+        measured, source = await self._measured_max(phases)
+        points: list[dict[str, Any]] = []
+        correctness: dict[str, Any] = {"ok": True}
+        for fraction in self.args.curve:
+            rate = fraction * measured
+            name = f"c{round(fraction * 100):02d}"
+            log(f"curve: {fraction:.0%} of {measured:.0f}/s = {rate:.0f}/s for "
+                f"{self.args.curve_duration:.0f} s")
+            phase = await self.phase_gateway(name, int(rate * self.args.curve_duration), rate=rate)
+            cpu = phase["cpu"]
+            points.append({
+                "fraction": fraction,
+                "offered_rate": round(rate, 1),
+                "achieved_rate": phase["rate_jobs_per_s"],
+                "latency": phase["latency"],
+                "latency_after_5s_warmup": phase.get("latency_after_5s_warmup"),
+                "machine_busy_percent": cpu["machine_busy_percent"],
+                "gateway_cpu_ms_per_job": phase["gateway_cpu_ms_per_job"],
+                "machine_context_switches_per_job": round(
+                    cpu["machine_context_switches_per_s"] * cpu["wall_seconds"] / phase["jobs"], 2),
+                "xacts_per_job": phase["database"]["xacts_per_job"],
+            })
+            checks = phase.get("correctness") or {}
+            correctness[name] = checks
+            correctness["ok"] = correctness["ok"] and bool(checks.get("ok"))
+        held = [p["offered_rate"] for p in points if p["latency"].get("p99_ms", 1e9) <= 50]
+        return {
+            "max_rate": measured,
+            "max_rate_source": source,
+            "seconds_per_point": self.args.curve_duration,
+            "points": points,
+            "highest_rate_with_p99_within_50ms": max(held) if held else None,
+            "correctness": correctness,
+        }
 
 
 def machine() -> dict[str, Any]:
@@ -983,9 +1030,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _fractions(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or any(not 0 < v <= 1.5 for v in values):
+        raise argparse.ArgumentTypeError("fractions of the maximum, each in (0, 1.5]")
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=["all", "throughput", "latency", "inflight"],
+    p.add_argument("--mode", choices=["all", "throughput", "latency", "inflight", "curve"],
                    default="throughput")
     p.add_argument("--jobs", "-n", type=int, default=50_000, help="jobs in the throughput phase")
     p.add_argument("--workers", type=int, default=1,
@@ -1017,6 +1071,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "publish -> consume latency and CPU of the broker alone on this box")
     p.add_argument("--raw-floor-duration", type=float, default=30.0,
                    help="--raw-floor: seconds")
+    p.add_argument("--curve", type=_fractions, default=[0.2, 0.4, 0.6, 0.8],
+                   help="curve: fractions of the maximum to hold, comma-separated")
+    p.add_argument("--curve-duration", type=float, default=20.0,
+                   help="curve: seconds at each rate")
     p.add_argument("--inflight", type=int, default=10_000, help="inflight: jobs per process")
     p.add_argument("--inflight-sms-delay-ms", type=int, default=30_000,
                    help="inflight: the SMS fake holds each request this long (or until the "
