@@ -1,11 +1,14 @@
 """The consumer: gather deliveries into batches (B jobs or T ms), run them, shut down gracefully.
 
 Each job queue has its own buffer, so a transactional batch never waits for promotional jobs.
-At most ``max_running`` batches of a queue run at once; while they run, deliveries gather in the
-buffer, and the buffer is taken as one batch the moment a running batch finishes. So batches
-grow with the load (one round trip per statement serves more jobs as the rate rises) and the
-``batch_wait`` timer only matters when the gateway is idle. The broker's prefetch bounds how
-many jobs are in flight.
+While a batch of a queue runs, deliveries gather in the buffer, and the buffer is taken as one
+batch the moment the running batch finishes. So batches grow with the load (one round trip per
+statement serves more jobs as the rate rises) and the ``batch_wait`` timer only matters when
+the queue is idle. A second batch (up to ``max_running``) starts beside a running one only for
+a backlog: once half a batch is waiting, or once a delivery has waited ``stall`` (a slow
+provider must not hold the queue). Two small batches at once cost the database two sets of
+commits and the machine two sets of wake-ups for the jobs of one (bench/README.md, "Evening
+runs"). The broker's prefetch bounds how many jobs are in flight.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Intake:
         batch_wait_seconds: float,
         max_pause_seconds: float = 30.0,
         max_running: int = 2,
+        stall_seconds: float = 0.1,
     ) -> None:
         self._broker = broker
         self._pipeline = pipeline
@@ -43,6 +47,8 @@ class Intake:
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, int] = {}
         self._max_running = max_running
+        self._backlog = max(1, batch_size // 2)
+        self._stall = stall_seconds
         self._paused_until = 0.0
         self._pause = 0.0
         self._max_pause = max_pause_seconds
@@ -66,15 +72,20 @@ class Intake:
     def _on_delivery(self, queue: str, delivery: Delivery) -> None:
         buffer = self._buffers.setdefault(queue, [])
         buffer.append(delivery)
-        if self._running.get(queue, 0) >= self._max_running:
+        running = self._running.get(queue, 0)
+        if running >= self._max_running:
             return  # taken when a running batch finishes
-        if len(buffer) >= self._batch_size:
+        if len(buffer) >= (self._backlog if running else self._batch_size):
             self._flush(queue)
         elif queue not in self._timers:
-            loop = asyncio.get_running_loop()
-            self._timers[queue] = loop.call_later(self._batch_wait, self._on_timer, queue)
+            self._start_timer(queue, self._stall if running else self._batch_wait)
+
+    def _start_timer(self, queue: str, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._timers[queue] = loop.call_later(seconds, self._on_timer, queue)
 
     def _on_timer(self, queue: str) -> None:
+        # batch_wait has passed on an idle queue, or stall behind a running batch.
         self._timers.pop(queue, None)
         if self._running.get(queue, 0) < self._max_running:
             self._flush(queue)
@@ -97,9 +108,14 @@ class Intake:
     def _finished(self, task: asyncio.Task[None], queue: str) -> None:
         self._tasks.discard(task)
         self._running[queue] -= 1
-        # What gathered meanwhile goes at once: waiting longer would only add latency.
-        if self._buffers.get(queue) and self._running[queue] < self._max_running:
+        buffered = len(self._buffers.get(queue) or ())
+        if not buffered:
+            return
+        if self._running[queue] == 0 or buffered >= self._backlog:
+            # What gathered meanwhile goes at once: waiting longer would only add latency.
             self._flush(queue)
+        elif queue not in self._timers:
+            self._start_timer(queue, self._stall)
 
     async def _run(self, batch: list[Delivery]) -> None:
         delay = self._paused_until - time.monotonic()

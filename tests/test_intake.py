@@ -94,6 +94,49 @@ async def test_running_batches_per_queue_are_bounded_and_sized(broker: MemoryBro
     await intake.stop(grace_seconds=1)
 
 
+async def test_a_second_batch_starts_beside_a_running_one_only_for_a_backlog(
+    broker: MemoryBroker,
+) -> None:
+    """Behind a running batch, jobs wait for it until half a batch has gathered."""
+    pipeline = GatedPipeline()
+    intake = Intake(broker=broker, pipeline=pipeline, batch_size=10,  # type: ignore[arg-type]
+                    batch_wait_seconds=0.005, max_running=2, stall_seconds=30)
+    await intake.start()
+    await _publish(broker, PROMO, ["first"])
+    await asyncio.wait_for(pipeline.started.wait(), 2)
+    await _publish(broker, PROMO, ["a", "b", "c", "d"])
+    await _until(lambda: intake.in_flight == 5)
+    await asyncio.sleep(0.05)  # ten batch windows: four jobs are no backlog
+    assert pipeline.batches == [[b"first"]]
+    await _publish(broker, PROMO, ["e"])
+    await _until(lambda: len(pipeline.batches) == 2)
+    assert pipeline.batches[1] == [b"a", b"b", b"c", b"d", b"e"]
+    assert pipeline.running == 2
+    pipeline.gate.set()
+    await _until(lambda: intake.in_flight == 0)
+    await intake.stop(grace_seconds=1)
+
+
+async def test_a_slow_batch_does_not_hold_its_queue_past_the_stall(broker: MemoryBroker) -> None:
+    """A job behind a batch that does not finish (a hung provider) starts once it has waited
+    ``stall``, as a second batch."""
+    pipeline = GatedPipeline()
+    intake = Intake(broker=broker, pipeline=pipeline, batch_size=100,  # type: ignore[arg-type]
+                    batch_wait_seconds=0.005, max_running=2, stall_seconds=0.3)
+    await intake.start()
+    await _publish(broker, PROMO, ["slow"])
+    await asyncio.wait_for(pipeline.started.wait(), 2)
+    await _publish(broker, PROMO, ["next"])
+    await _until(lambda: intake.in_flight == 2)
+    await asyncio.sleep(0.05)  # a timer never fires early: still waiting for the first batch
+    assert pipeline.batches == [[b"slow"]]
+    await _until(lambda: len(pipeline.batches) == 2)
+    assert pipeline.batches[1] == [b"next"] and pipeline.running == 2
+    pipeline.gate.set()
+    await _until(lambda: intake.in_flight == 0)
+    await intake.stop(grace_seconds=1)
+
+
 async def test_a_busy_promotional_queue_does_not_hold_transactional_jobs(
     broker: MemoryBroker,
 ) -> None:
