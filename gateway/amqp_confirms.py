@@ -135,21 +135,23 @@ async def _on_confirm_frame(
     code; an :class:`AckRun` is settled frame by frame, in order."""
     run = frame.acks if isinstance(frame, AckRun) else None
     acks = run or [(frame.delivery_tag, frame.multiple)]
-    refused = isinstance(frame, commands.Basic.Nack)
     confirms = _CONFIRMS.get(self)
-    for tag, multiple in acks:
-        if confirms is not None:
-            confirms.confirm(tag, multiple, refused)
-            if not self.confirmations:  # nothing of aiormq's own (aio-pika's publish) waits
-                continue
-        if confirms is None:
+    if confirms is None:  # no batch was ever published on this channel: all of it is aiormq's
+        for tag, multiple in acks:
             await _aiormq_on_confirm_frame(self, _frame(frame, run, tag, multiple))
+        return None
+    refused = isinstance(frame, commands.Basic.Nack)
+    for tag, multiple in acks:
+        confirms.confirm(tag, multiple, refused)
+        if not self.confirmations:  # nothing of aiormq's own (aio-pika's publish) waits
             continue
-        mine = [t for t in self.confirmations if t <= tag] if multiple else (
-            [tag] if tag in self.confirmations else [])
-        if mine:
+        if multiple:
+            aiormq_tags = [t for t in self.confirmations if t <= tag]
+        else:
+            aiormq_tags = [tag] if tag in self.confirmations else []
+        if aiormq_tags:
             own = _frame(frame, run, tag, multiple)
-            for pending in mine:
+            for pending in aiormq_tags:
                 self._confirm_delivery(pending, own)
     return None
 
