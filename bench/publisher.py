@@ -10,7 +10,7 @@ write, so latency is measured from the moment the job is handed to the broker.
 The publisher stands in for upstream services, which do not share the gateway's machine in
 production: it should take as little of the box as it can. Through aio-pika, one publish and
 one task per job, the benchmark process took 31 % of a core through a burst on a 2-vCPU machine,
-and set the raw ceiling itself; this one, 10 % (bench/README.md, "Evening runs").
+and set the raw ceiling itself; this one, 10 % (bench/runs.md, "Evening runs" of 2026-12-03).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A ``basic.ack`` with ``multiple`` set settles every unacknowledged delivery of t
 its tag, and RabbitMQ handles it as one message to the queue process where single acks cost one
 each: draining filled job queues with acks in twenties (``python -m bench.amqp_micro``), RabbitMQ
 spent 78-86 µs of CPU per delivery with one multiple ack a batch against 116-124 µs with single
-ones (bench/README.md).
+ones (bench/runs.md).
 
 Batches finish out of order, so a multiple ack must never reach past a delivery that another
 batch has not recorded yet, nor past one being rejected. :class:`AckLedger` knows which

@@ -6,7 +6,7 @@ runs when the broker's ``basic.ack`` arrives, plus the waiter's; and each ``basi
 goes through the connection's reader loop, the channel's frame queue and its reader task. With
 two or three events per job that was most of what an event cost the gateway: 88-90 µs of CPU
 per event through ``publish_events`` on the benchmark's guest in a slow hour, 30 µs with one
-future per batch and the frames read in runs (``python -m bench.amqp_micro``, bench/README.md).
+future per batch and the frames read in runs (``python -m bench.amqp_micro``, bench/runs.md).
 
 :class:`BatchConfirms`, one per aiormq channel, keeps which batch each outstanding delivery tag
 belongs to and resolves one future per batch once the broker has confirmed all of its tags (or

@@ -3,7 +3,7 @@
 aio-pika and aiormq put every ``basic.ack`` and every ``basic.publish`` through the connection's
 write queue as its own frame set: one queue hand-off, one ``write()`` system call and, for an
 ack, one drain wait each. With two events and one ack per job that was the largest single cost
-of the hot path after email (bench/README.md). A batch's methods all go to one channel, so they
+of the hot path after email (bench/runs.md). A batch's methods all go to one channel, so they
 are marshalled here into one payload and handed to aiormq's writer once.
 
 This uses aiormq's channel internals (``write_queue``, ``lock``, ``delivery_tag``,

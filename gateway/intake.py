@@ -7,8 +7,8 @@ statement serves more jobs as the rate rises) and the ``batch_wait`` timer only 
 the queue is idle. A second batch (up to ``max_running``) starts beside a running one only for
 a backlog: once half a batch is waiting, or once a delivery has waited ``stall`` (a slow
 provider must not hold the queue). Two small batches at once cost the database two sets of
-commits and the machine two sets of wake-ups for the jobs of one (bench/README.md, "Evening
-runs"). The broker's prefetch bounds how many jobs are in flight.
+commits and the machine two sets of wake-ups for the jobs of one (bench/runs.md, the
+evening of 2026-12-04). The broker's prefetch bounds how many jobs are in flight.
 """
 
 from __future__ import annotations

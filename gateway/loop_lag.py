@@ -2,7 +2,7 @@
 
 Every job's claim, sends, record and acks are awaits on one event loop; when the loop is busy,
 each of them waits for whatever runs before it, and that wait, repeated a dozen times per
-batch, is most of a job's latency at high load (bench/README.md). :func:`watch_loop_lag`
+batch, is most of a job's latency at high load (bench/runs.md). :func:`watch_loop_lag`
 sleeps ``interval`` seconds at a time and observes how much later than asked it woke, into
 ``gateway_event_loop_lag_seconds``. It costs one timer per interval.
 """

@@ -4,7 +4,7 @@ The claim and the caps keep one generic plan per connection (``migrations/010``)
 PostgreSQL's own ``auto`` mode switches other statements to a generic plan once their batches
 grow. A generic plan is costed on the table sizes of the moment it is made; one made while
 ``messages`` held a few hundred rows hash-joins a sequential scan of it, and keeps doing so at
-30,000 rows (bench/README.md, "Later morning runs": the record's plan did, and a batch cost 3x).
+30,000 rows (bench/runs.md, "Later morning runs": the record's plan did, and a batch cost 3x).
 Plans are re-made when a table they read is analysed, but autovacuum analyses a table only once
 it has changed by 10 % and at most once a minute per database, and a fresh database's tables
 double in seconds under load.

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     smtp_ca_file: Path | None = Field(None, description="CA bundle to trust instead of the system's")
     smtp_timeout_seconds: float = Field(30.0, gt=0)
     # Opened as needed, up to this many. 4 made a batch's emails queue behind each other
-    # (bench/README.md); Postfix's own default per destination is 20 concurrent deliveries.
+    # (bench/runs.md); Postfix's own default per destination is 20 concurrent deliveries.
     smtp_pool_size: int = Field(16, ge=1, le=100)
     email_from: str = "Gateway <noreply@localhost>"
 
