@@ -54,6 +54,16 @@ def correct(results: dict[str, Any]) -> bool:
                for p in results.get("phases", {}).values())
 
 
+def _fmt_windows(windows: list[dict] | None) -> str:
+    """Each 10 s window's p99 and sends, in order: a backlog built early shows as a hump.
+
+    A window of a stray job or two (a clock tick either side of the phase) is left out."""
+    if not windows:
+        return "-"
+    shown = [w for w in windows if w["count"] >= 100]
+    return ", ".join(f"{w['p99_ms']:g} ({w['count']})" for w in shown) or "-"
+
+
 def _lat(lat: dict[str, Any] | None) -> str:
     if not lat or not lat.get("count"):
         return "-"
@@ -118,6 +128,7 @@ def table(results: dict[str, Any]) -> str:
              f"{lat['jobs']} jobs ({lat.get('rate_source', '')})"),
             ("latency: p50/p95/p99/max ms", _lat(lat.get("latency"))),
             ("latency: same, after 5 s warm-up", _lat(lat.get("latency_after_5s_warmup"))),
+            ("latency: p99 per 10 s window ms (sends)", _fmt_windows(lat.get("latency_windows_10s"))),
             ("latency: peak RSS per process MB", _fmt_rss(lat.get("peak_rss_mb"))),
             ("latency: CPU (% of one core)", _fmt_cpu(lat.get("cpu"))),
             ("latency: context switches per job", _fmt_switches(lat.get("cpu"), lat["jobs"])),
