@@ -56,6 +56,18 @@ async def _until(condition: object, timeout: float = 2.0) -> None:
             await asyncio.sleep(0.005)
 
 
+async def _with_a_running_batch(
+    broker: MemoryBroker, pipeline: GatedPipeline, job: str, *, batch_size: int, stall_seconds: float
+) -> Intake:
+    """An intake (two batches of a queue at most) whose first batch, ``job`` alone, is running."""
+    intake = Intake(broker=broker, pipeline=pipeline, batch_size=batch_size,  # type: ignore[arg-type]
+                    batch_wait_seconds=0.005, max_running=2, stall_seconds=stall_seconds)
+    await intake.start()
+    await _publish(broker, PROMO, [job])
+    await asyncio.wait_for(pipeline.started.wait(), 2)
+    return intake
+
+
 async def test_jobs_that_arrive_while_batches_run_go_as_one_batch(broker: MemoryBroker) -> None:
     """With the running batches at their limit, later jobs wait and then go together, at once."""
     pipeline = GatedPipeline()
@@ -99,11 +111,7 @@ async def test_a_second_batch_starts_beside_a_running_one_only_for_a_backlog(
 ) -> None:
     """Behind a running batch, jobs wait for it until half a batch has gathered."""
     pipeline = GatedPipeline()
-    intake = Intake(broker=broker, pipeline=pipeline, batch_size=10,  # type: ignore[arg-type]
-                    batch_wait_seconds=0.005, max_running=2, stall_seconds=30)
-    await intake.start()
-    await _publish(broker, PROMO, ["first"])
-    await asyncio.wait_for(pipeline.started.wait(), 2)
+    intake = await _with_a_running_batch(broker, pipeline, "first", batch_size=10, stall_seconds=30)
     await _publish(broker, PROMO, ["a", "b", "c", "d"])
     await _until(lambda: intake.in_flight == 5)
     await asyncio.sleep(0.05)  # ten batch windows: four jobs are no backlog
@@ -121,11 +129,7 @@ async def test_a_slow_batch_does_not_hold_its_queue_past_the_stall(broker: Memor
     """A job behind a batch that does not finish (a hung provider) starts once it has waited
     ``stall``, as a second batch."""
     pipeline = GatedPipeline()
-    intake = Intake(broker=broker, pipeline=pipeline, batch_size=100,  # type: ignore[arg-type]
-                    batch_wait_seconds=0.005, max_running=2, stall_seconds=0.3)
-    await intake.start()
-    await _publish(broker, PROMO, ["slow"])
-    await asyncio.wait_for(pipeline.started.wait(), 2)
+    intake = await _with_a_running_batch(broker, pipeline, "slow", batch_size=100, stall_seconds=0.3)
     await _publish(broker, PROMO, ["next"])
     await _until(lambda: intake.in_flight == 2)
     await asyncio.sleep(0.05)  # a timer never fires early: still waiting for the first batch
