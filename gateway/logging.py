@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from typing import Any, MutableMapping
 
 import orjson
@@ -27,6 +28,7 @@ _PHONE = re.compile(
     r"(?<![\w+])(?!\d{4}-\d\d-\d\d \d)"
     r"(\+\d(?:[ .\-()]*\d){6,14}|\d(?:[ .\-()]*\d){9,14})(?![\w])"
 )
+_NON_DIGIT = re.compile(r"\D")
 # Keys whose values are ours (ids, timestamps): masking them would only hurt ops. Not "event":
 # a stdlib record's message lands there.
 _SAFE_KEYS = frozenset(
@@ -40,7 +42,7 @@ def mask_email(match: re.Match[str]) -> str:
 
 
 def mask_phone(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
+    digits = _NON_DIGIT.sub("", match.group(0))
     prefix = "+" if match.group(0).startswith("+") else ""
     return f"{prefix}{'*' * (len(digits) - 2)}{digits[-2:]}"
 
@@ -72,6 +74,34 @@ def mask_processor(
     return event_dict
 
 
+class UtcTimestamper:
+    """structlog processor: ``timestamp`` in ISO 8601, UTC, to the microsecond (``…T19:40:01.123456Z``).
+
+    structlog's ``TimeStamper(fmt="iso", utc=True)`` builds and formats a whole datetime for
+    every line (a sixth of the cost of an outcome line); the part up to the second changes once
+    a second, so it is formatted once and kept. Unlike ``isoformat()``, the microseconds are
+    always there, so every timestamp has the same width.
+    """
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")  # one tuple: threads never see half an update
+
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        # Rounded to the microsecond as datetime.fromtimestamp() rounds (a float's fraction
+        # alone would lose it: 1830297600.000001 - 1830297600 is 0.95 µs).
+        now, micro = divmod(round(time.time() * 1_000_000), 1_000_000)
+        second, prefix = self._second
+        if now != second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            self._second = (now, prefix)
+        event_dict["timestamp"] = f"{prefix}.{micro:06d}Z"
+        return event_dict
+
+
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
@@ -88,7 +118,7 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcTimestamper(),
         structlog.processors.format_exc_info,
         mask_processor,
     ]

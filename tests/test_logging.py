@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.logging import configure_logging, mask_personal_data
+from gateway.logging import UtcTimestamper, configure_logging, mask_personal_data
 from gateway.settings import LogFormat
 
 
@@ -171,3 +172,23 @@ def test_stdlib_records_are_rendered_as_masked_json(capsys: pytest.CaptureFixtur
     [line] = json_lines(capsys.readouterr().err)
     assert line["event"] == "connection lost while sending to j***@example.com"
     assert line["level"] == "warning"
+
+
+def test_timestamps_are_utc_iso_to_the_microsecond_across_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kept date-and-time prefix follows the clock into the next second, day and year."""
+    stamper = UtcTimestamper()
+    clock = iter([1_800_000_000.25, 1_800_000_000.999999, 1_800_000_001.0, 1_830_297_599.5,
+                  1_830_297_600.000001])
+    monkeypatch.setattr("gateway.logging.time.time", lambda: next(clock))
+    stamps = [stamper(None, "info", {})["timestamp"] for _ in range(5)]
+    assert stamps == [
+        "2027-01-15T08:00:00.250000Z",
+        "2027-01-15T08:00:00.999999Z",
+        "2027-01-15T08:00:01.000000Z",
+        "2027-12-31T23:59:59.500000Z",
+        "2028-01-01T00:00:00.000001Z",
+    ]
+    for stamp in stamps:  # what structlog's isoformat() stamp gave, read back the same way
+        assert datetime.fromisoformat(stamp.replace("Z", "+00:00")).tzinfo == timezone.utc
