@@ -2,7 +2,7 @@
 jobs goes to the broker in one write (``gateway.amqp_frames.publish_many``, the frames the
 gateway's own event publishes use), and up to ``window`` jobs await their confirm at once. Two
 ways: as fast as the broker takes them (``burst``), or at a fixed offered rate (``paced``: each
-turn publishes the jobs that are due, turns at least ``tick`` apart: 2 ms in ``bench.run``, so
+turn publishes the jobs that are due, turns at least ``tick`` apart: 2 ms in ``bench.cli``, so
 about three jobs a turn at 1,400 jobs/s).
 ``data.t0`` is stamped (``time.time()``) as each job is serialised, just before its chunk's
 write, so latency is measured from the moment the job is handed to the broker.

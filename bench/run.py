@@ -30,11 +30,9 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,24 +44,16 @@ import asyncpg
 import orjson
 import psutil
 
-from bench import infra, monitor, report, seed, stats
+from bench import checks, diagnostics, infra, measure, monitor, seed, stats
+from bench.common import AMQP_URL, PG_ADMIN_URL, log
 from bench.publisher import Publisher, PublishResult
 
-PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-RESULTS = infra.ROOT / "bench" / "results"
 JOB_QUEUES = ("gateway.send.transactional", "gateway.send.promotional")
 RAW_EXCHANGE = "bench.raw"
 RAW_QUEUES = {"bench.raw.transactional": "send.transactional",
               "bench.raw.promotional": "send.promotional"}
 ACCOUNT_SID = "AC" + "0" * 32
 RUN_TABLES = "messages, message_events, deliveries, daily_counters, campaign_counters"
-
-
-def log(text: str) -> None:
-    stamp = datetime.now().strftime("%H:%M:%S")
-    sys.stderr.write(f"[bench {stamp}] {text}\n")
-    sys.stderr.flush()
 
 
 class BenchFailed(Exception):
@@ -493,10 +483,12 @@ class Bench:
         self.own_xacts = 0
         if self.pg_proxy is not None:
             self.pg_proxy.reset()
-        spy = await self._start_profiler(workers[0]) if profile else None
+        spy = await diagnostics.start_profiler(
+            workers[0], children=self.children, tmp=self.tmp, args=self.args
+        ) if profile else None
         cpu.start()
         rss.start()
-        waits = asyncio.create_task(self._sample_db_waits())
+        waits = asyncio.create_task(measure.sample_db_waits(self.db_name))
         mode = f"paced at {rate:.0f}/s" if rate else "burst"
         log(f"{name}: {count} jobs ({mode}), {len(workers)} worker(s), prefetch "
             f"{(worker_settings or {}).get('PREFETCH', self.args.prefetch)}, batch "
@@ -528,15 +520,17 @@ class Bench:
                 cpu.stop()
         proxy = self.pg_proxy.snapshot() if self.pg_proxy is not None else None
         if spy is not None:
-            await self._stop_profiler(spy)
+            await diagnostics.stop_profiler(spy, children=self.children, args=self.args,
+                                            results=self.results)
         cpu_result = cpu.stop()
         await rss.stop()
         codes = await self.stop_workers(workers)
         await asyncio.sleep(1.0)  # backends exit and flush their statistics
         db_after = await stats.database_counters(self.admin, self.db_name)
         records = await self.fakes_records()
-        out = self._measure(name, workload, published, done, records, rss, cpu_result,
-                            db_before, db_after, codes, rate)
+        out = measure.summary(name, workload, published, done, records, rss, cpu_result,
+                              db_before, db_after, codes, rate,
+                              workers=self.args.workers, own_xacts=self.own_xacts)
         out["background_before_phase"] = background
         out["database"]["backend_states_sampled"] = db_waits
         if inflight:
@@ -547,37 +541,12 @@ class Bench:
             log(f"{name}: pg proxy: {proxy['round_trips']} round trips "
                 f"({proxy['round_trips_per_job']}/job); executions "
                 f"{proxy['executions_by_statement']}; simple {proxy['simple_queries']}")
-        out["correctness"] = await self._check(workload, records, codes, workers)
+        assert self.population is not None and self.amqp_channel is not None
+        out["correctness"] = await checks.correctness(
+            workload, records, codes, workers, db_url=self.db_url,
+            amqp_channel=self.amqp_channel, daily_cap=self.population.daily_cap,
+        )
         return out
-
-    async def _sample_db_waits(self) -> dict[str, Any]:
-        """What the gateway's PostgreSQL backends are doing, sampled every 0.2 s from
-        pg_stat_activity (read through the admin database: costs the bench database nothing)."""
-        counter: Counter[str] = Counter()
-        samples = 0
-        conn = await asyncpg.connect(PG_ADMIN_URL)  # its own: the admin one is used meanwhile
-        try:
-            while True:
-                rows = await conn.fetch(
-                    "SELECT state, wait_event_type, wait_event FROM pg_stat_activity"
-                    " WHERE datname = $1 AND application_name <> 'bench'", self.db_name,
-                )
-                samples += 1
-                for r in rows:
-                    if r["state"] == "active":
-                        what = f"active: {r['wait_event_type']}/{r['wait_event']}" \
-                            if r["wait_event_type"] else "active: on CPU"
-                    else:
-                        what = str(r["state"])
-                    counter[what] += 1
-                await asyncio.sleep(0.2)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            await conn.close()
-        return {"samples": samples,
-                "mean_backends": {k: round(v / max(samples, 1), 2)
-                                  for k, v in counter.most_common(8)}}
 
     async def _watch_inflight(
         self, publishing: asyncio.Task[PublishResult], live: PublishResult,
@@ -613,7 +582,8 @@ class Bench:
             await asyncio.sleep(0.25)
         held_rss = [s[2] for s in samples if s[1] >= 0.98 * target]
         if traced is not None:
-            await self._dump_heap(traced)
+            assert self.tmp is not None
+            await diagnostics.dump_heap(traced, tmp=self.tmp)
         await self.fakes_control(sms_delay_ms=[0, 0], release=True)  # let the pile drain
         log(f"inflight: peak {peak} jobs in flight, RSS then {at_peak_rss} MB, "
             f"peak RSS {rss.peak_mb()} MB; releasing the slow SMS fake")
@@ -659,225 +629,6 @@ class Bench:
                 f"({total_rows} rows){' - stalled' if stalled else ''}")
         return {"complete": complete, "final": final, "rows": total_rows, "stalled": stalled,
                 "all_final_at": all_final_at}
-
-    def _measure(
-        self, name: str, workload: seed.Workload, published: PublishResult,
-        done: dict[str, Any], records: dict[str, Any], rss: monitor.RssSampler,
-        cpu_result: dict[str, Any], db_before: dict[str, int], db_after: dict[str, int],
-        codes: list[int | None], rate: float | None,
-    ) -> dict[str, Any]:
-        first = published.first
-        lat_all: list[float] = []
-        t0_all: list[float] = []
-        per_channel: dict[str, Any] = {}
-        last_accept = first
-        for channel in ("sms", "email", "push"):
-            rec = records[channel]
-            lats = [at - t0 for t0, at in zip(rec["t0"], rec["at"])]
-            lat_all += lats
-            t0_all += rec["t0"]
-            if rec["at"]:
-                last_accept = max(last_accept, max(rec["at"]))
-            per_channel[channel] = {"accepted": rec["accepted"], **stats.latency_summary(lats)}
-        jobs = len(workload.jobs)
-        seconds = max(last_accept - first, 1e-9)
-        xacts = db_after.get("xact_commit", 0) - db_before.get("xact_commit", 0) - self.own_xacts
-        db = stats.delta(db_after, db_before)
-        out: dict[str, Any] = {
-            "jobs": jobs,
-            "workers": self.args.workers,
-            "complete": done["complete"],
-            "first_publish_to_last_acceptance_s": round(seconds, 3),
-            "rate_jobs_per_s": round(jobs / seconds, 1),
-            "rate_sent_per_s": round(len(lat_all) / seconds, 1),
-            "first_publish_to_all_final_s": round(done["all_final_at"] - first, 3),
-            "publish": published.to_json(),
-            "latency": stats.latency_summary(lat_all),
-            "latency_by_channel": per_channel,
-            "peak_rss_mb": rss.peak_mb(),
-            "rss_mb_every_second": [
-                [round(t, 1), {k: round(v / monitor.MB, 1) for k, v in sample.items()}]
-                for t, sample in rss.series[::10]
-            ],
-            "cpu": cpu_result,
-            "database": {
-                "xact_commit": xacts,
-                "xacts_per_job": round(xacts / jobs, 4),
-                "bench_own_xacts_subtracted": self.own_xacts,
-                "tup_inserted_per_job": round(db.get("tup_inserted", 0) / jobs, 2),
-                "tup_updated_per_job": round(db.get("tup_updated", 0) / jobs, 2),
-                "xact_rollback": db.get("xact_rollback", 0),
-            },
-            "gateway_cpu_ms_per_job": round(
-                1000 * cpu_result["roles"]["gateway_workers"]["cpu_seconds"] / jobs, 3),
-            "worker_exit_codes": codes,
-            "expected": dict(workload.expected),
-            "sms_max_in_flight_at_fake": records.get("sms_max_in_flight"),
-        }
-        if rate:
-            out["offered_rate"] = round(rate, 1)
-            steady = [(t0, lat) for t0, lat in zip(t0_all, lat_all) if t0 - first >= 5]
-            out["latency_after_5s_warmup"] = stats.latency_summary([lat for _, lat in steady])
-            out["latency_windows_10s"] = stats.windows(t0_all, lat_all, first, 10.0)
-            # Where the warm-up's tail sits: the first ten seconds, second by second.
-            out["latency_windows_1s_first_10s"] = [
-                w for w in stats.windows(t0_all, lat_all, first, 1.0) if 0 <= w["from_s"] < 10
-            ]
-        lat = out["latency"]
-        log(f"{name}: {out['rate_jobs_per_s']} jobs/s end to end ({jobs} jobs in {seconds:.2f} s),"
-            f" latency p50 {lat.get('p50_ms')} p95 {lat.get('p95_ms')} p99 {lat.get('p99_ms')} "
-            f"max {lat.get('max_ms')} ms, peak RSS {rss.peak_mb()} MB, "
-            f"{out['database']['xacts_per_job']} db xacts/job")
-        return out
-
-    async def _check(
-        self, workload: seed.Workload, records: dict[str, Any], codes: list[int | None],
-        workers: list[infra.Child],
-    ) -> dict[str, Any]:
-        """Every job exactly one final state; none sent twice; caps held; outcomes as expected."""
-        assert self.population is not None
-        checks: dict[str, Any] = {}
-        conn = await asyncpg.connect(self.db_url)
-        try:
-            rows = await conn.fetch("SELECT status, count(*) AS n FROM messages GROUP BY status")
-            by_status = {r["status"]: int(r["n"]) for r in rows}
-            total = sum(by_status.values())
-            checks["all_jobs_recorded"] = {"ok": total == len(workload.jobs), "rows": total,
-                                           "jobs": len(workload.jobs)}
-            not_final = sum(n for s, n in by_status.items() if s not in stats.FINAL)
-            checks["all_final"] = {"ok": not_final == 0, "by_status": by_status}
-            bad_events = await conn.fetchval(
-                "SELECT count(*) FROM (SELECT m.id, count(e.message_id) FILTER"
-                " (WHERE e.status = ANY($1::text[])) AS finals FROM messages m"
-                " LEFT JOIN message_events e ON e.message_id = m.id GROUP BY m.id) x"
-                " WHERE finals <> 1", list(stats.FINAL),
-            )
-            checks["exactly_one_final_event_each"] = {"ok": bad_events == 0,
-                                                      "messages_without_exactly_one": bad_events}
-            expected = {k: v for k, v in workload.expected.items() if v}
-            got = {k: v for k, v in by_status.items() if v}
-            checks["outcomes_as_expected"] = {"ok": got == expected, "expected": expected,
-                                              "got": got}
-            cap = self.population.daily_cap
-            max_counter = await conn.fetchval(
-                "SELECT coalesce(max(count), 0) FROM daily_counters WHERE channel = ''"
-            )
-            over = await conn.fetchval(
-                "SELECT count(*) FROM (SELECT coalesce('user:' || (job->'to'->>'user_id'),"
-                " 'address:' || channel || ':' || recipient) AS k FROM messages"
-                " WHERE kind = 'promotional' AND status = 'sent') s GROUP BY k"
-                " HAVING count(*) > $1", cap,
-            )
-            checks["caps_held"] = {"ok": max_counter <= cap and not over, "daily_cap": cap,
-                                   "max_daily_counter": max_counter,
-                                   "recipients_over_cap_by_messages": over or 0}
-            sent_ids = {r["id"] for r in
-                        await conn.fetch("SELECT id FROM messages WHERE status = 'sent'")}
-        finally:
-            await conn.close()
-        accepted = Counter()
-        duplicates = 0
-        unparsed = 0
-        for channel in ("sms", "email", "push"):
-            accepted.update(records[channel]["refs"])
-            duplicates += records[channel]["duplicates"]
-            unparsed += records[channel]["unparsed"]
-        checks["none_sent_twice"] = {"ok": duplicates == 0 and unparsed == 0,
-                                     "duplicates": duplicates, "unparsed_at_fake": unparsed}
-        provider_ids = set(accepted)
-        checks["providers_match_sent"] = {
-            "ok": provider_ids == sent_ids,
-            "sent_in_db": len(sent_ids), "accepted_by_fakes": len(provider_ids),
-            "sent_not_at_provider": len(sent_ids - provider_ids),
-            "at_provider_not_sent": len(provider_ids - sent_ids),
-        }
-        dead = (await self._queues(["gateway.dead"]))[0].declaration_result.message_count or 0
-        checks["no_dead_letters"] = {"ok": dead == 0, "dead_letters": dead}
-        checks["workers_exited_cleanly"] = {"ok": all(c == 0 for c in codes), "exit_codes": codes}
-        errors = []
-        for worker in workers:
-            tail = worker.tail(200)
-            errors += [line for line in tail.splitlines() if '"level":"error"' in line][:3]
-        checks["no_worker_errors_logged"] = {"ok": not errors, "first": errors[:3]}
-        ok = all(c["ok"] for c in checks.values())
-        checks["ok"] = ok
-        if not ok:
-            log("correctness FAILED: " + ", ".join(k for k, c in checks.items()
-                                                   if isinstance(c, dict) and not c["ok"]))
-        else:
-            log("correctness: all checks passed")
-        return checks
-
-    async def _dump_heap(self, worker: infra.Child) -> None:
-        """SIGUSR1 to the traced worker; copy its tracemalloc report into bench/results."""
-        assert self.tmp is not None
-        out = self.tmp / "tracemalloc.txt"
-        out.unlink(missing_ok=True)
-        worker.process.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 120
-        size = -1
-        while time.monotonic() < deadline:
-            await asyncio.sleep(1.0)
-            if out.exists() and out.stat().st_size == size and size > 0:
-                break
-            size = out.stat().st_size if out.exists() else -1
-        worker.process.send_signal(signal.SIGUSR2)  # tracemalloc off: let the drain run
-        if out.exists():
-            shutil.copy(out, RESULTS / "inflight-memory.txt")
-            log("heap report -> bench/results/inflight-memory.txt")
-        else:
-            log("heap report: the worker wrote none")
-
-    # --- profiler ------------------------------------------------------------------------------
-
-    async def _start_profiler(self, worker: infra.Child) -> infra.Child | None:
-        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not Path(spy).exists():
-            log("--profile: py-spy not found (pip install py-spy into .venv); not profiling")
-            return None
-        assert self.tmp is not None
-        raw = RESULTS / self._profile_name("txt")
-        child = await self.children.spawn(
-            "py-spy",
-            [spy, "record", "--pid", str(worker.pid), "--rate", str(self.args.profile_rate),
-             "--format", "raw", "--output", str(raw), "--duration", "600", "--gil",
-             *(["--native"] if self.args.profile_native else [])],
-            log_path=self.tmp / "py-spy.log",
-        )
-        await asyncio.sleep(1.0)
-        if child.process.returncode is not None:
-            log(f"py-spy failed to start:\n{child.tail()}")
-            return None
-        log(f"profiling {worker.name} (pid {worker.pid}) with py-spy at "
-            f"{self.args.profile_rate} Hz, --gil (samples of the thread holding the GIL: "
-            f"Python CPU, not waits) -> {raw}")
-        return child
-
-    async def _stop_profiler(self, spy: infra.Child) -> None:
-        if spy.process.returncode is None:
-            spy.process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(spy.process.wait(), timeout=20)
-            except TimeoutError:
-                log("py-spy did not stop on SIGINT")
-        await self.children.stop(spy)
-        raw = RESULTS / self._profile_name("txt")
-        if raw.exists():
-            from bench import hotspots
-
-            summary = hotspots.summarise(raw.read_text())
-            svg, text = RESULTS / self._profile_name("svg"), RESULTS / self._profile_name("hot")
-            hotspots.write_svg(raw.read_text(), svg,
-                               title=f"gateway worker, {self.args.profile_phase} phase (py-spy "
-                                     f"--gil{' --native' if self.args.profile_native else ''})")
-            text.write_text(hotspots.format_summary(summary))
-            self.results["profile"] = {"phase": self.args.profile_phase, **summary}
-            log(f"profile: {summary['samples']} samples -> bench/results/{svg.name}, {text.name}")
-
-    def _profile_name(self, kind: str) -> str:
-        base = "profile" if self.args.profile_phase == "throughput" else \
-            f"profile-{self.args.profile_phase}"
-        return {"txt": f"{base}.txt", "svg": f"{base}.svg", "hot": f"{base}-hotspots.txt"}[kind]
 
     # --- the run -------------------------------------------------------------------------------
 
@@ -997,9 +748,9 @@ class Bench:
                     cpu["machine_context_switches_per_s"] * cpu["wall_seconds"] / phase["jobs"], 2),
                 "xacts_per_job": phase["database"]["xacts_per_job"],
             })
-            checks = phase.get("correctness") or {}
-            correctness[name] = checks
-            correctness["ok"] = correctness["ok"] and bool(checks.get("ok"))
+            checked = phase.get("correctness") or {}
+            correctness[name] = checked
+            correctness["ok"] = correctness["ok"] and bool(checked.get("ok"))
         held = [p["offered_rate"] for p in points if p["latency"].get("p99_ms", 1e9) <= 50]
         return {
             "max_rate": measured,
@@ -1030,163 +781,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _fractions(text: str) -> list[float]:
-    values = [float(v) for v in text.split(",") if v.strip()]
-    if not values or any(not 0 < v <= 1.5 for v in values):
-        raise argparse.ArgumentTypeError("fractions of the maximum, each in (0, 1.5]")
-    return values
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=["all", "throughput", "latency", "inflight", "curve"],
-                   default="throughput")
-    p.add_argument("--jobs", "-n", type=int, default=50_000, help="jobs in the throughput phase")
-    p.add_argument("--workers", type=int, default=1,
-                   help="gateway processes (separate `gateway serve --consumer-only`)")
-    p.add_argument("--serve-workers", action="store_true",
-                   help="with --workers N: one `gateway serve --consumer-only --workers N` "
-                        "(the gateway's own flag) instead of N separate processes")
-    p.add_argument("--skip-raw", action="store_true", help="throughput without the raw ceiling")
-    p.add_argument("--bind-events", action="store_true",
-                   help="bind a queue to gateway.events (default: none, as the gateway ships)")
-    p.add_argument("--users", type=int, default=10_000)
-    p.add_argument("--daily-cap", type=int, default=3)
-    p.add_argument("--transactional-share", type=float, default=0.4)
-    p.add_argument("--prefetch", type=int, default=400, help="GATEWAY_PREFETCH (gateway default)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--batch-wait-ms", type=int, default=5)
-    p.add_argument("--smtp-pool-size", type=int, default=16, help="GATEWAY_SMTP_POOL_SIZE (gateway default)")
-    p.add_argument("--sms-concurrency", type=int, default=50)
-    p.add_argument("--sms-delay-ms", default="0-5", help="SMS fake delay, uniform lo-hi ms")
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--rate", type=float, default=None, help="latency: offered jobs/s")
-    p.add_argument("--rate-fraction", type=float, default=0.8)
-    p.add_argument("--pace-tick-ms", type=float, default=2.0,
-                   help="latency: the paced publisher's shortest sleep between two turns "
-                        "(each turn publishes the jobs due by then)")
-    p.add_argument("--duration", type=float, default=60.0, help="latency: seconds")
-    p.add_argument("--raw-floor", action=argparse.BooleanOptionalAction, default=True,
-                   help="latency: then the bare consumer at the same offered rate, for the "
-                        "publish -> consume latency and CPU of the broker alone on this box")
-    p.add_argument("--raw-floor-duration", type=float, default=30.0,
-                   help="--raw-floor: seconds")
-    p.add_argument("--curve", type=_fractions, default=[0.2, 0.4, 0.6, 0.8],
-                   help="curve: fractions of the maximum to hold, comma-separated")
-    p.add_argument("--curve-duration", type=float, default=20.0,
-                   help="curve: seconds at each rate")
-    p.add_argument("--inflight", type=int, default=10_000, help="inflight: jobs per process")
-    p.add_argument("--inflight-sms-delay-ms", type=int, default=30_000,
-                   help="inflight: the SMS fake holds each request this long (or until the "
-                        "benchmark releases it once the pile-up was measured)")
-    p.add_argument("--gc-threshold", default="",
-                   help="what-if: the workers use gc.set_threshold(these), e.g. "
-                        "50000,20,100, instead of the gateway's own collector settings")
-    p.add_argument("--gc-freeze", action="store_true",
-                   help="what-if: the workers freeze the collector once started (with or "
-                        "without --gc-threshold; without either, the gateway's own settings)")
-    p.add_argument("--heap-report", action="store_true",
-                   help="diagnostic: inflight: worker 0 reports its objects by type at the peak")
-    p.add_argument("--tracemalloc", action="store_true",
-                   help="diagnostic: --heap-report plus tracemalloc (slow: shares, not RSS)")
-    p.add_argument("--profile", action="store_true", help="py-spy the first worker (throughput)")
-    p.add_argument("--profile-rate", type=int, default=100)
-    p.add_argument("--profile-phase", choices=["throughput", "inflight", "latency"],
-                   default="throughput")
-    p.add_argument("--profile-native", action="store_true")
-    p.add_argument("--inline", action="store_true",
-                   help="jobs carry their content inline instead of naming the channel's "
-                        "stored template (same texts)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--pg-proxy", action="store_true",
-                   help="diagnostic: count the workers' PostgreSQL round trips per statement")
-    p.add_argument("--keep", action="store_true", help="keep database, vhost and logs (debug)")
-    p.add_argument("--wait-quiet", type=float, default=0.0,
-                   help="wait up to this many seconds before each phase for other load to stop")
-    p.add_argument("--max-seconds", type=float, default=600.0, help="hard limit for the run")
-    p.add_argument("--output", type=Path, default=RESULTS / "latest.json")
-    return p.parse_args(argv)
-
-
-async def amain(args: argparse.Namespace) -> int:
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    interrupted: list[str] = []
-
-    def interrupt(name: str) -> None:
-        if not interrupted:
-            log(f"{name}: stopping and cleaning up")
-            interrupted.append(name)
-            main_task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupt, sig.name)
-    watchdog = loop.call_later(args.max_seconds, interrupt, f"--max-seconds {args.max_seconds:.0f}")
-    bench = Bench(args)
-    status = 1
-    try:
-        results = await bench.run()
-        results["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        results["machine"].update(await _versions(bench))
-        for name in results.get("phases", {}):
-            results.get("earlier_phases", {}).pop(name, None)
-        results["targets"] = report.targets(results)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2,
-                                             default=str))
-        sys.stdout.write(report.table(results) + "\n")
-        shown = args.output.relative_to(infra.ROOT) if args.output.is_relative_to(infra.ROOT) \
-            else args.output
-        log(f"wrote {shown}")
-        status = 0 if report.correct(results) else 3
-    except asyncio.CancelledError:
-        log("interrupted")
-        status = 130
-    except BenchFailed as exc:
-        log(f"FAILED: {exc}")
-        status = 2
-    except Exception:
-        import traceback
-
-        log("FAILED with an exception:\n" + traceback.format_exc())
-        for child in bench.children.items:
-            if child.name.startswith("worker"):
-                log(f"{child.name} log tail:\n{child.tail()}")
-        status = 2
-    finally:
-        watchdog.cancel()
-        try:
-            await asyncio.shield(asyncio.wait_for(bench.teardown(), timeout=90))
-        except Exception as exc:
-            log(f"cleanup problem: {exc}")
-    return status
-
-
-async def _versions(bench: Bench) -> dict[str, str]:
-    out = {}
-    try:
-        conn = await asyncpg.connect(PG_ADMIN_URL)
-        out["postgresql"] = await conn.fetchval("SHOW server_version")
-        out["synchronous_commit"] = await conn.fetchval("SHOW synchronous_commit")
-        await conn.close()
-    except Exception:
-        pass
-    try:
-        props = bench.amqp.transport.connection.server_properties  # type: ignore[union-attr]
-        version = props.get("version")
-        out["rabbitmq"] = version.decode() if isinstance(version, bytes) else str(version or "")
-    except Exception:
-        pass
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    import uvloop
-
-    return uvloop.run(amain(args))
-
-
 if __name__ == "__main__":
+    from bench.cli import main
+
     raise SystemExit(main())
