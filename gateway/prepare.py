@@ -6,14 +6,14 @@ import dataclasses
 from typing import Any, Mapping
 
 from adapters.base import Outbound, OutboundEmail, OutboundPush, OutboundSms
-from gateway.addresses import normalise_email, normalise_phone
+from gateway.addresses import normalise_email, normalise_phone, stored_phone
 from gateway.errors import MessageFailed
 from gateway.jobs import Channel, EmailContent, Job, PushContent, SmsContent
 from gateway.render import Renderer, html_to_text
+from gateway.settings import Settings
 from gateway.template_render import RenderedParts, render_template
 from gateway.templates import TemplateVersion
 from gateway.unsubscribe import unsubscribe_headers
-from gateway.settings import Settings
 
 
 def prepare(
@@ -54,7 +54,7 @@ def prepare(
     if job.channel is Channel.sms:
         assert isinstance(content, SmsContent)
         body = renderer.render(content.body, data, part="body", is_html=False)
-        return OutboundSms(message_id=job.id, to=normalise_phone(address), from_=job.from_, body=body)
+        return OutboundSms(message_id=job.id, to=_sms_to(job, address), from_=job.from_, body=body)
     assert isinstance(content, PushContent)
     return OutboundPush(
         message_id=job.id,
@@ -114,7 +114,7 @@ def _from_parts(
     if job.channel is Channel.sms:
         if not parts.body:
             raise MessageFailed(f"template {parts.name!r} v{parts.version} has no sms body")
-        return OutboundSms(message_id=job.id, to=normalise_phone(address), from_=job.from_, body=parts.body)
+        return OutboundSms(message_id=job.id, to=_sms_to(job, address), from_=job.from_, body=parts.body)
     return OutboundPush(
         message_id=job.id,
         to=address.strip(),
@@ -124,6 +124,11 @@ def _from_parts(
         silent=parts.silent,
         expires_at=job.expires_at,
     )
+
+
+def _sms_to(job: Job, address: str) -> str:
+    """The job's own number, checked in full; or one of the user's, stored in normal form."""
+    return normalise_phone(address) if job.address is not None else stored_phone(address)
 
 
 def _with_unsubscribe(email: OutboundEmail, settings: Settings) -> OutboundEmail:
@@ -139,5 +144,5 @@ def readdress(message: Outbound, address: str, *, settings: Settings, promotiona
         email = dataclasses.replace(message, to=normalise_email(address), headers=headers)
         return _with_unsubscribe(email, settings) if promotional else email
     if isinstance(message, OutboundSms):
-        return dataclasses.replace(message, to=normalise_phone(address))
+        return dataclasses.replace(message, to=stored_phone(address))  # another of the user's
     return dataclasses.replace(message, to=address.strip())
