@@ -8,16 +8,19 @@ reads ``_`` as ``-``, so ``PT_br`` finds a template's ``pt-BR``.
 
 from __future__ import annotations
 
-from typing import Collection, Iterator
+import functools
+from typing import Collection
 
 __all__ = ["fallback_chain", "select_locale"]
 
 
-def fallback_chain(tag: str) -> Iterator[str]:
+# Pure, and asked for every message rendered from a template with locales, mostly for the same
+# few dozen tags: memoised.
+@functools.lru_cache(maxsize=1024)
+def fallback_chain(tag: str) -> tuple[str, ...]:
     """``tag`` and each shorter tag it falls back to, in lower case: ``pt-br``, ``pt``."""
     subtags = [s for s in tag.replace("_", "-").lower().split("-") if s]
-    for end in range(len(subtags), 0, -1):
-        yield "-".join(subtags[:end])
+    return tuple("-".join(subtags[:end]) for end in range(len(subtags), 0, -1))
 
 
 def select_locale(
@@ -28,6 +31,8 @@ def select_locale(
     ``available`` holds the locales that have the channel being rendered, so a locale without,
     say, an SMS body falls back for SMS only.
     """
+    if not available:  # most templates: no locale of their own, nothing to choose
+        return None
     by_key = {locale.replace("_", "-").lower(): locale for locale in available}
     for tag in (requested, user_locale):
         if not tag:

@@ -46,6 +46,7 @@ def render(body: dict[str, Any], channel: str, **kwargs: Any) -> Any:
         ("de", "pt-BR", {"fr", "pt"}, "pt"),
         (None, None, {"pt"}, None),
         ("", "", {"pt"}, None),
+        ("pt-BR", "fr", set(), None),  # a template without locales: its default parts
     ],
 )
 def test_select_locale_falls_back_by_subtag_then_to_the_default(
