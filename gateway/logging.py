@@ -75,7 +75,7 @@ def mask_processor(
 
 
 class UtcTimestamper:
-    """structlog processor: ``timestamp`` in ISO 8601, UTC, to the microsecond (``…T19:40:01.123456Z``).
+    """structlog processor: ``timestamp`` in ISO 8601, UTC, to the µs (``…T19:40:01.123456Z``).
 
     structlog's ``TimeStamper(fmt="iso", utc=True)`` builds and formats a whole datetime for
     every line (a sixth of the cost of an outcome line); the part up to the second changes once
