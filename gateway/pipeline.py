@@ -78,7 +78,20 @@ class Pipeline:
 
     async def process(self, batch: Sequence[Delivery]) -> None:
         """Process and settle every delivery of ``batch``; raise BackendUnavailable on DB failure."""
-        parsed = await self._parse(batch)
+        parsed, dead = self._parse(batch)
+        if not dead:
+            await self._process_parsed(parsed)
+            return
+        # The invalid jobs are copied to gateway.dead while the good ones of the batch go on: a
+        # copy waits for the broker's confirm, which for a 10 MB body means its disk, and the
+        # good jobs should not. The batch is done when both are.
+        aside = asyncio.ensure_future(self._set_aside(dead))
+        try:
+            await self._process_parsed(parsed)
+        finally:
+            await aside
+
+    async def _process_parsed(self, parsed: list[Incoming]) -> None:
         if not parsed:
             return
         now = utcnow()
@@ -188,7 +201,11 @@ class Pipeline:
                 await asyncio.sleep(delay)
         await self._store.record(outcomes, deliveries, effects)
 
-    async def _parse(self, batch: Sequence[Delivery]) -> list[Incoming]:
+    def _parse(
+        self, batch: Sequence[Delivery]
+    ) -> tuple[list[Incoming], list[tuple[Delivery, str]]]:
+        """The valid jobs of ``batch``, and the deliveries that can never be processed, each
+        with its reason."""
         parsed: list[Incoming] = []
         dead: list[tuple[Delivery, str]] = []
         for delivery in batch:
@@ -199,12 +216,14 @@ class Pipeline:
                 continue
             kind = kind_from_routing_key(delivery.routing_key) or (job.kind or Kind.promotional).value
             parsed.append(Incoming(delivery, job, kind, recipient_of(job)))
-        if dead:
-            await asyncio.gather(*(self._broker.dead_letter(d, reason) for d, reason in dead))
-            await self._broker.ack_all([d for d, _ in dead])
-            for _, reason in dead:
-                log.warning("job.dead_lettered", reason=reason)
-        return parsed
+        return parsed, dead
+
+    async def _set_aside(self, dead: list[tuple[Delivery, str]]) -> None:
+        """Copy each to gateway.dead with its reason, then ack it (never before: nothing lost)."""
+        await asyncio.gather(*(self._broker.dead_letter(d, reason) for d, reason in dead))
+        await self._broker.ack_all([d for d, _ in dead])
+        for _, reason in dead:
+            log.warning("job.dead_lettered", reason=reason)
 
 
 def recipient_of(job: Job) -> str | None:
