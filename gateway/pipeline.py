@@ -197,7 +197,8 @@ class Pipeline:
                 await self._store.record(outcomes, deliveries, effects)
                 return
             except _DB_ERRORS as exc:
-                log.warning("pipeline.record_retry", error=f"{type(exc).__name__}: {exc}", count=len(outcomes))
+                log.warning("pipeline.record_retry", error=f"{type(exc).__name__}: {exc}",
+                            count=len(outcomes))
                 await asyncio.sleep(delay)
         await self._store.record(outcomes, deliveries, effects)
 
