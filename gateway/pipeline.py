@@ -79,17 +79,15 @@ class Pipeline:
     async def process(self, batch: Sequence[Delivery]) -> None:
         """Process and settle every delivery of ``batch``; raise BackendUnavailable on DB failure."""
         parsed, dead = self._parse(batch)
-        if not dead:
-            await self._process_parsed(parsed)
-            return
         # The invalid jobs are copied to gateway.dead while the good ones of the batch go on: a
         # copy waits for the broker's confirm, which for a 10 MB body means its disk, and the
         # good jobs should not. The batch is done when both are.
-        aside = asyncio.ensure_future(self._set_aside(dead))
+        aside = asyncio.ensure_future(self._set_aside(dead)) if dead else None
         try:
             await self._process_parsed(parsed)
         finally:
-            await aside
+            if aside is not None:
+                await aside
 
     async def _process_parsed(self, parsed: list[Incoming]) -> None:
         if not parsed:
