@@ -106,7 +106,11 @@ RETURNING m.id, m.kind, m.job::text AS job
 """
 
 
-@dataclass(frozen=True, slots=True)
+# NewMessage, Claim, CapRequest and DeliveryRecord are made once per job and only read after,
+# but are not frozen: a frozen dataclass's __init__ sets every field through
+# object.__setattr__, and the four cost 5.9 µs a job that way against 2.1 µs (~2 % of the
+# worker's CPU per job in a burst).
+@dataclass(slots=True)
 class NewMessage:
     """What the store needs of a parsed job to record it."""
 
@@ -123,7 +127,7 @@ class NewMessage:
     template: str | None = None  # a template named without a version: its latest is looked up
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claim:
     """A message this consumer now owns, with what the policy needs to decide about it.
 
@@ -154,7 +158,7 @@ class Claim:
     template_latest: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CapRequest:
     """One message asking for a slot under the caps that apply to it (``None``: no such cap)."""
 
@@ -179,7 +183,7 @@ class EndpointEffect:
     message_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeliveryRecord:
     """The outcome for one endpoint of a ``user_id`` job."""
 
