@@ -34,7 +34,7 @@ from gateway.templates import (
 __all__ = ["RenderedParts", "locales_with", "render_template", "resolve_parts", "template_context"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message, and frozen fields cost ~3x to set (store.py)
 class RenderedParts:
     """A template rendered for one channel. Email fills ``subject``, ``html`` and ``text``
     (``text`` derived from ``html`` when the template has none); SMS fills ``body``; push fills
