@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,23 @@ from gateway.jobs import (
     ToUser,
     job_json_schema,
     parse_job,
+    utc_timestamp,
 )
 from gateway.render import Renderer, html_to_text
 from gateway.retry import backoff_seconds
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema" / "send-job.v1.json"
+
+# -- utc_timestamp ------------------------------------------------------------------------------
+
+
+def test_utc_timestamp_is_utc_with_truncated_milliseconds_and_a_z() -> None:
+    moment = datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc)
+    assert utc_timestamp(moment) == "2026-12-31T23:59:59.999Z"  # truncated, not rounded up
+    assert utc_timestamp(moment.astimezone(timezone(timedelta(hours=-5)))) == "2026-12-31T23:59:59.999Z"
+    assert utc_timestamp(datetime(1999, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=5, minutes=30)))) \
+        == "1999-01-01T21:34:05.000Z"
+
 
 # -- backoff_seconds ----------------------------------------------------------------------------
 
