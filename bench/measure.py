@@ -104,10 +104,13 @@ def summary(
         steady = [(t0, lat) for t0, lat in zip(t0_all, lat_all) if t0 - first >= 5]
         out["latency_after_5s_warmup"] = stats.latency_summary([lat for _, lat in steady])
         out["latency_windows_10s"] = stats.windows(t0_all, lat_all, first, 10.0)
-        # Where the warm-up's tail sits: the first ten seconds, second by second.
-        out["latency_windows_1s_first_10s"] = [
-            w for w in stats.windows(t0_all, lat_all, first, 1.0) if 0 <= w["from_s"] < 10
-        ]
+        # Where the warm-up's tail sits: the first ten seconds, second by second; and every
+        # second of the phase, to line a window's tail up with what else happened then
+        # (``first_publish_at`` is the publisher's clock, time.time()).
+        every_second = stats.windows(t0_all, lat_all, first, 1.0)
+        out["latency_windows_1s_first_10s"] = [w for w in every_second if 0 <= w["from_s"] < 10]
+        out["latency_windows_1s"] = every_second
+        out["first_publish_at"] = round(first, 3)
     lat = out["latency"]
     log(f"{name}: {out['rate_jobs_per_s']} jobs/s end to end ({jobs} jobs in {seconds:.2f} s),"
         f" latency p50 {lat.get('p50_ms')} p95 {lat.get('p95_ms')} p99 {lat.get('p99_ms')} "

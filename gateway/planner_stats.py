@@ -14,6 +14,13 @@ any that has doubled in size since it was last analysed. Doubling bounds the wor
 growing to N pages is analysed about log2(N) times in its life, and once it is past a few
 thousand rows the generic plans are the index plans they stay. Several replicas may analyse
 the same table at once; that is harmless.
+
+These ANALYZEs sample few rows (``statistics_target``, 10: 3,000 rows instead of the default
+30,000). What the plans need from them is the table's size, which any sample gives, and the
+default sample made each one a stall: 270-400 ms of a core for ``messages`` at 50,000 rows,
+against 25 ms (bench/runs.md, "Night runs" of 2026-12-04 from 21:33: the benchmark's p99 spikes
+were these seconds). Autovacuum's own ANALYZE, at the database's target, follows once a table
+has changed by a tenth again.
 """
 
 from __future__ import annotations
@@ -79,11 +86,19 @@ class PlannerStats:
     """Analyses the hot tables that outgrew their statistics; ``run`` until cancelled."""
 
     def __init__(
-        self, *, pool: asyncpg.Pool, interval: float = 2.0, tables: tuple[str, ...] = HOT_TABLES
+        self,
+        *,
+        pool: asyncpg.Pool,
+        interval: float = 2.0,
+        tables: tuple[str, ...] = HOT_TABLES,
+        statistics_target: int = 10,
     ) -> None:
+        """``statistics_target``: the ``default_statistics_target`` of these ANALYZEs (a column
+        with a target of its own keeps it)."""
         self._pool = pool
         self._interval = interval
         self._tables = list(tables)
+        self._statistics_target = int(statistics_target)
 
     async def check(self) -> list[str]:
         """Analyse every hot table that has doubled since its last ANALYZE; return their names
@@ -95,7 +110,11 @@ class PlannerStats:
             # One table a statement, each short. SKIP_LOCKED: a table that autovacuum (or
             # another replica) is working on is skipped, not waited for (a long VACUUM would
             # otherwise hold up a start); the next turn sees it again if it is still stale.
-            await self._pool.execute(f'ANALYZE (SKIP_LOCKED) "{table.name}"')
+            async with self._pool.acquire() as connection, connection.transaction():
+                await connection.execute(
+                    f"SET LOCAL default_statistics_target = {self._statistics_target}"
+                )
+                await connection.execute(f'ANALYZE (SKIP_LOCKED) "{table.name}"')
         if stale:
             log.info("planner_stats.analysed", tables=[t.name for t in stale],
                      pages=[t.pages for t in stale])
