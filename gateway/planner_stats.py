@@ -18,8 +18,8 @@ the same table at once; that is harmless.
 These ANALYZEs sample few rows (``statistics_target``, 10: 3,000 rows instead of the default
 30,000). What the plans need from them is the table's size, which any sample gives, and the
 default sample made each one a stall: 270-400 ms of a core for ``messages`` at 50,000 rows,
-against 25 ms (bench/runs.md, "Night runs" of 2026-12-04 from 21:33: the benchmark's p99 spikes
-were these seconds). Autovacuum's own ANALYZE, at the database's target, follows once a table
+against 25 ms (bench/runs.md, "Night runs, second part": the benchmark's p99 spikes were
+these seconds). Autovacuum's own ANALYZE, at the database's target, follows once a table
 has changed by a tenth again.
 """
 
