@@ -14,6 +14,9 @@ PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RESULTS = infra.ROOT / "bench" / "results"
 
+# The issue's latency target: p99 at 80 % of the measured maximum.
+P99_TARGET_MS = 50.0
+
 
 def log(text: str) -> None:
     stamp = datetime.now().strftime("%H:%M:%S")

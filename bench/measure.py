@@ -5,6 +5,7 @@ and the summary of the phase (rate, latency, RSS, CPU, database transactions) on
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -17,18 +18,30 @@ from bench.publisher import PublishResult
 
 async def sample_db_waits(db_name: str) -> dict[str, Any]:
     """What the gateway's PostgreSQL backends are doing, sampled every 0.2 s from
-    pg_stat_activity (read through the admin database: costs the bench database nothing)."""
+    pg_stat_activity (read through the admin database: costs the bench database nothing).
+
+    ``maintenance``: [time.time(), statement] for each sample that saw an ANALYZE or a VACUUM
+    at work, the gateway's (``planner_stats``) or an autovacuum worker's."""
     counter: Counter[str] = Counter()
+    maintenance: list[list[Any]] = []
     samples = 0
     conn = await asyncpg.connect(PG_ADMIN_URL)  # its own: the admin one is used meanwhile
     try:
         while True:
             rows = await conn.fetch(
-                "SELECT state, wait_event_type, wait_event FROM pg_stat_activity"
-                " WHERE datname = $1 AND application_name <> 'bench'", db_name,
+                "SELECT state, wait_event_type, wait_event, backend_type, left(query, 80) AS query"
+                " FROM pg_stat_activity WHERE datname = $1 AND application_name <> 'bench'",
+                db_name,
             )
             samples += 1
+            at = round(time.time(), 2)
             for r in rows:
+                query = (r["query"] or "").strip()
+                if r["state"] == "active" and (
+                    r["backend_type"] == "autovacuum worker"
+                    or query[:7].upper() in ("ANALYZE", "VACUUM ")
+                ):
+                    maintenance.append([at, query])
                 if r["state"] == "active":
                     what = f"active: {r['wait_event_type']}/{r['wait_event']}" \
                         if r["wait_event_type"] else "active: on CPU"
@@ -42,7 +55,8 @@ async def sample_db_waits(db_name: str) -> dict[str, Any]:
         await conn.close()
     return {"samples": samples,
             "mean_backends": {k: round(v / max(samples, 1), 2)
-                              for k, v in counter.most_common(8)}}
+                              for k, v in counter.most_common(8)},
+            "maintenance": maintenance}
 
 
 def summary(

@@ -73,6 +73,8 @@ class CpuAccount:
     _switches_last: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
     _machine_switches: int = 0
     _task: asyncio.Task[None] | None = None
+    # (time.time(), busy and total CPU seconds of the machine) at each poll, for the timeline.
+    _machine_polls: list[tuple[float, float, float]] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
 
     def poll(self) -> None:
@@ -90,10 +92,17 @@ class CpuAccount:
                 now = _switches(proc)
                 switches[proc.pid] = now if sum(now) else switches.get(proc.pid, (0, 0))
 
+    def _poll_machine(self) -> None:
+        times = psutil.cpu_times()
+        # guest time is counted in user time already
+        total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+        self._machine_polls.append((time.time(), _busy(times), total))
+
     async def _poll_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             self.poll()
+            self._poll_machine()
 
     def start(self) -> None:
         self._wall = time.monotonic()
@@ -104,6 +113,8 @@ class CpuAccount:
             self._start[role] = {p.pid: _cpu_seconds(p) for p in procs}
             self._switches_start[role] = {p.pid: _switches(p) for p in procs}
         self._machine_switches = psutil.cpu_stats().ctx_switches
+        self._machine_polls = []
+        self._poll_machine()
         self._task = asyncio.create_task(self._poll_loop(0.5))
 
     def stop(self) -> dict[str, Any]:
@@ -112,9 +123,8 @@ class CpuAccount:
         self.poll()
         wall = max(time.monotonic() - self._wall, 1e-9)
         end = psutil.cpu_times()
-        busy = lambda t: t.user + t.nice + t.system + t.irq + t.softirq + t.steal  # noqa: E731
         cores = psutil.cpu_count() or 1
-        machine_busy = busy(end) - busy(self._machine)
+        machine_busy = _busy(end) - _busy(self._machine)
         out: dict[str, Any] = {
             "wall_seconds": round(wall, 2),
             "machine_busy_percent": round(100 * machine_busy / (wall * cores), 1),
@@ -125,6 +135,12 @@ class CpuAccount:
                 (psutil.cpu_stats().ctx_switches - self._machine_switches) / wall
             ),
             "roles": {},
+            # [time.time(), % of the machine busy since the poll before], every 0.5 s.
+            "machine_busy_timeline": [
+                [round(t1, 2), round(100 * (b1 - b0) / (n1 - n0), 1)]
+                for (_, b0, n0), (t1, b1, n1) in zip(self._machine_polls, self._machine_polls[1:])
+                if n1 > n0
+            ],
         }
         for role in self.roles:
             # Processes born meanwhile (new PostgreSQL backends) count from zero; those that
@@ -146,6 +162,11 @@ class CpuAccount:
             }
         self.result = out
         return out
+
+
+def _busy(times: Any) -> float:
+    """CPU seconds the machine spent on anything but idling and waiting for I/O."""
+    return times.user + times.nice + times.system + times.irq + times.softirq + times.steal
 
 
 def postgres_processes(database: str | None = None) -> list[psutil.Process]:

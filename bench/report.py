@@ -64,6 +64,32 @@ def _fmt_windows(windows: list[dict] | None) -> str:
     return ", ".join(f"{w['p99_ms']:g} ({w['count']})" for w in shown) or "-"
 
 
+def _fmt_by_busy(by_load: dict[str, Any] | None) -> str:
+    """Per band of machine load: seconds whose p99 met the limit, of the seconds in it, and
+    their median p99."""
+    if not by_load or not by_load.get("by_machine_busy"):
+        return "-"
+    parts = []
+    for band in by_load["by_machine_busy"]:
+        low, high = band["busy_from"], band["busy_to"]
+        name = f"< {high:g} %" if low == 0 else f">= {low:g} %" if high is None else f"{low:g}-{high:g} %"
+        parts.append(f"{name}: {band['within_limit']}/{band['seconds']} "
+                     f"(median {band['median_p99_ms']:g} ms)")
+    return " · ".join(parts)
+
+
+def _fmt_maintenance(by_load: dict[str, Any] | None) -> str:
+    """Seconds in which an ANALYZE or VACUUM ran, against the others: median p99 of each."""
+    if not by_load:
+        return "-"
+    busy, quiet = by_load["with_maintenance"], by_load["without_maintenance"]
+    if not busy["seconds"]:
+        return f"none (the {quiet['seconds']} s: median p99 {quiet['median_p99_ms']} ms)"
+    return (f"{busy['seconds']} s: median p99 {busy['median_p99_ms']:g} ms, worst "
+            f"{busy['worst_p99_ms']:g}; the other {quiet['seconds']} s: median "
+            f"{quiet['median_p99_ms']} ms")
+
+
 def _lat(lat: dict[str, Any] | None) -> str:
     if not lat or not lat.get("count"):
         return "-"
@@ -129,6 +155,10 @@ def table(results: dict[str, Any]) -> str:
             ("latency: p50/p95/p99/max ms", _lat(lat.get("latency"))),
             ("latency: same, after 5 s warm-up", _lat(lat.get("latency_after_5s_warmup"))),
             ("latency: p99 per 10 s window ms (sends)", _fmt_windows(lat.get("latency_windows_10s"))),
+            (f"latency: seconds with p99 <= {_get(lat, 'latency_by_load', 'limit_ms') or 50:g} ms, "
+             "by machine busy", _fmt_by_busy(lat.get("latency_by_load"))),
+            ("latency: seconds with an ANALYZE or VACUUM at work",
+             _fmt_maintenance(lat.get("latency_by_load"))),
             ("latency: peak RSS per process MB", _fmt_rss(lat.get("peak_rss_mb"))),
             ("latency: CPU (% of one core)", _fmt_cpu(lat.get("cpu"))),
             ("latency: context switches per job", _fmt_switches(lat.get("cpu"), lat["jobs"])),

@@ -45,7 +45,7 @@ import orjson
 import psutil
 
 from bench import checks, diagnostics, infra, measure, monitor, seed, stats
-from bench.common import AMQP_URL, PG_ADMIN_URL, log
+from bench.common import AMQP_URL, P99_TARGET_MS, PG_ADMIN_URL, log
 from bench.publisher import Publisher, PublishResult
 
 JOB_QUEUES = ("gateway.send.transactional", "gateway.send.promotional")
@@ -533,6 +533,11 @@ class Bench:
                               workers=self.args.workers, own_xacts=self.own_xacts)
         out["background_before_phase"] = background
         out["database"]["backend_states_sampled"] = db_waits
+        if "latency_windows_1s" in out:  # a paced phase: what each second's tail sat beside
+            out["latency_by_load"] = stats.latency_by_load(
+                out["latency_windows_1s"], cpu_result["machine_busy_timeline"],
+                db_waits["maintenance"], out["first_publish_at"], limit_ms=P99_TARGET_MS,
+            )
         if inflight:
             out["inflight"] = inflight
         if proxy is not None:

@@ -51,6 +51,69 @@ def windows(t0s: Sequence[float], lats: Sequence[float], start: float, width: fl
     return out
 
 
+# Bands of machine load (% of all cores busy) for ``latency_by_load``.
+BUSY_BANDS = (80.0, 84.0, 88.0, 92.0)
+
+
+def latency_by_load(
+    windows_1s: Sequence[dict[str, Any]],
+    busy_timeline: Sequence[tuple[float, float]],
+    maintenance: Sequence[tuple[float, str]],
+    start: float,
+    *,
+    limit_ms: float,
+    bands: Sequence[float] = BUSY_BANDS,
+    min_count: int = 50,
+) -> dict[str, Any]:
+    """Each second of a paced phase beside how busy the machine was in it and what database
+    maintenance ran in it, and how many seconds met ``limit_ms`` (p99), by band of load.
+
+    ``windows_1s``: ``windows(..., width=1.0)`` from ``start``; ``busy_timeline``: (epoch time,
+    % of the machine busy since the sample before); ``maintenance``: (epoch time, statement)
+    for every sample that saw an ANALYZE, a VACUUM or an autovacuum worker at work. A second
+    with fewer than ``min_count`` sends (a stray job either side of the phase), or with no
+    load sample, is left out.
+    """
+    busy: dict[int, list[float]] = {}
+    for at, percent in busy_timeline:
+        busy.setdefault(int((at - start) // 1), []).append(percent)
+    seen: dict[int, set[str]] = {}
+    for at, what in maintenance:
+        seen.setdefault(int((at - start) // 1), set()).add(what)
+    seconds = [
+        {
+            "from_s": int(w["from_s"]),
+            "count": w["count"],
+            "p99_ms": w["p99_ms"],
+            "machine_busy_percent": round(sum(busy[int(w["from_s"])]) / len(busy[int(w["from_s"])]), 1),
+            "maintenance": sorted(seen.get(int(w["from_s"]), ())),
+        }
+        for w in windows_1s
+        if w["count"] >= min_count and int(w["from_s"]) in busy
+    ]
+
+    def share(p99s: list[float]) -> dict[str, Any]:
+        ordered = sorted(p99s)
+        return {"seconds": len(ordered), "within_limit": sum(p <= limit_ms for p in ordered),
+                "median_p99_ms": percentile(ordered, 50) if ordered else None,
+                "worst_p99_ms": ordered[-1] if ordered else None}
+
+    edges = [0.0, *bands, math.inf]
+    by_band = []
+    for low, high in zip(edges, edges[1:]):
+        inside = [s["p99_ms"] for s in seconds if low <= s["machine_busy_percent"] < high]
+        if inside:
+            by_band.append({"busy_from": low, "busy_to": None if high == math.inf else high,
+                            **share(inside)})
+    return {
+        "limit_ms": limit_ms,
+        "seconds": seconds,
+        "by_machine_busy": by_band,
+        "with_maintenance": share([s["p99_ms"] for s in seconds if s["maintenance"]]),
+        "without_maintenance": share([s["p99_ms"] for s in seconds if not s["maintenance"]]),
+    }
+
+
 _DB_COUNTERS = ("xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted",
                 "tup_fetched", "tup_returned", "blks_read", "blks_hit")
 
