@@ -752,6 +752,7 @@ class Bench:
                 "machine_context_switches_per_job": round(
                     cpu["machine_context_switches_per_s"] * cpu["wall_seconds"] / phase["jobs"], 2),
                 "xacts_per_job": phase["database"]["xacts_per_job"],
+                "latency_by_load": phase.get("latency_by_load"),
             })
             checked = phase.get("correctness") or {}
             correctness[name] = checked
