@@ -757,7 +757,8 @@ class Bench:
             checked = phase.get("correctness") or {}
             correctness[name] = checked
             correctness["ok"] = correctness["ok"] and bool(checked.get("ok"))
-        held = [p["offered_rate"] for p in points if p["latency"].get("p99_ms", 1e9) <= 50]
+        held = [p["offered_rate"] for p in points
+                if p["latency"].get("p99_ms", 1e9) <= P99_TARGET_MS]
         return {
             "max_rate": measured,
             "max_rate_source": source,

@@ -80,17 +80,18 @@ def latency_by_load(
     seen: dict[int, set[str]] = {}
     for at, what in maintenance:
         seen.setdefault(int((at - start) // 1), set()).add(what)
-    seconds = [
-        {
-            "from_s": int(w["from_s"]),
+    seconds = []
+    for w in windows_1s:
+        second = int(w["from_s"])
+        if w["count"] < min_count or second not in busy:
+            continue
+        seconds.append({
+            "from_s": second,
             "count": w["count"],
             "p99_ms": w["p99_ms"],
-            "machine_busy_percent": round(sum(busy[int(w["from_s"])]) / len(busy[int(w["from_s"])]), 1),
-            "maintenance": sorted(seen.get(int(w["from_s"]), ())),
-        }
-        for w in windows_1s
-        if w["count"] >= min_count and int(w["from_s"]) in busy
-    ]
+            "machine_busy_percent": round(sum(busy[second]) / len(busy[second]), 1),
+            "maintenance": sorted(seen.get(second, ())),
+        })
 
     def share(p99s: list[float]) -> dict[str, Any]:
         ordered = sorted(p99s)
